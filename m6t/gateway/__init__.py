@@ -1,0 +1,1 @@
+"""m6t-gateway: the tunnel gateway daemon in front of the home agent(s)."""

@@ -1,0 +1,338 @@
+"""The m6t-gateway packet loop: UDP listeners <-> state table <-> TUN.
+
+One thread moves packets (epoll, batches per wake-up, one clock read per batch); the protocol
+core decides; prometheus_client serves a snapshot from its own thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections import Counter
+from pathlib import Path
+
+from prometheus_client import start_http_server
+from prometheus_client.registry import CollectorRegistry
+
+from m6t.gateway.config import ConfigError, GatewayConfig, load_config
+from m6t.gateway.metrics import GatewayCollector, Snapshot
+from m6t.linux.netlink import ChangeLog, Netlink, write_sysctl
+from m6t.linux.tun import TunDevice
+from m6t.linux.udp import (
+    open_fragmentation_needed_listener,
+    open_tunnel_socket,
+    read_fragmentation_needed,
+    read_icmp_errors,
+)
+from m6t.protocol.gateway import FORWARD, Gateway, Reply
+
+log = logging.getLogger("m6t.gateway")
+
+BATCH = 256  # packets drained per readable descriptor before looking at the others
+SNAPSHOT_INTERVAL = 1.0
+_FORWARDING = "net/ipv6/conf/all/forwarding"
+
+
+class GatewayDaemon:
+    def __init__(self, config: GatewayConfig, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.gateway = Gateway(config.policy)
+        self.changes = ChangeLog()
+        self.listeners: list[socket.socket | None] = []
+        self.collector = GatewayCollector()
+        self.packets: Counter[str] = Counter()
+        self.octets: Counter[str] = Counter()
+        self.mtu_lowered = 0
+        self.reloads = 0
+        self._stop = False
+        self._reload = False
+
+    # --- set-up and teardown ---------------------------------------------------------------------
+
+    def setup(self) -> None:
+        try:
+            self._setup()
+        except BaseException:
+            self.teardown()
+            raise
+
+    def _setup(self) -> None:
+        config = self.config
+        self.netlink = Netlink()
+        self.changes.record("close netlink", self.netlink.close)
+        # Leftover of a crashed run in this namespace (a persistent device cannot be, but a
+        # route to a stale device name can): the TUN name must be ours.
+        self.tun = TunDevice(config.tun, config.policy.mtu)
+        self.changes.record(f"delete {config.tun}", self.tun.close)
+        prefix = str(config.policy.client_prefix)
+        self.netlink.add_route(prefix, self.tun.name)
+        self.changes.record(f"route {prefix}",
+                            lambda: self.netlink.delete_route(prefix, self.tun.name))
+        previous = Path("/proc/sys", _FORWARDING).read_text().strip()
+        write_sysctl(_FORWARDING, "1")
+        self.changes.record("restore forwarding", lambda: write_sysctl(_FORWARDING, previous))
+        self._open_listeners(config.listen)
+        self.icmp = open_fragmentation_needed_listener()
+        self.changes.record("close ICMP listener", self.icmp.close)
+        if config.metrics_listen:
+            registry = CollectorRegistry()
+            registry.register(self.collector)
+            host, port = config.metrics_listen
+            server, _thread = start_http_server(port, addr=host, registry=registry)
+            self.changes.record("stop metrics", server.shutdown)
+        log.info("gateway up: tun %s mtu %d, prefix %s, home agents %s, listening on %s",
+                 self.tun.name, config.policy.mtu, prefix,
+                 ", ".join(sorted(str(a) for a in config.policy.home_agents)),
+                 ", ".join(f"{h}:{p}" for h, p in config.listen))
+
+    def _open_listeners(self, endpoints: tuple[tuple[str, int], ...]) -> None:
+        for endpoint in endpoints:
+            try:
+                sock = open_tunnel_socket(bind=endpoint)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot listen on {endpoint[0]}:{endpoint[1]}: "
+                                         f"{exc.strerror}") from None
+            self.listeners.append(sock)
+        self.changes.record("close listeners", self._close_listeners)
+
+    def _close_listeners(self) -> None:
+        for sock in self.listeners:
+            if sock is not None:
+                sock.close()
+        self.listeners = []
+
+    def teardown(self) -> None:
+        self.changes.undo()
+        log.info("gateway down")
+
+    # --- reload ---
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the file; adopt the policy and listen set, keep states."""
+        if self.config_path is None:
+            return
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        if new.tun != self.config.tun or new.metrics_listen != self.config.metrics_listen:
+            log.warning("reload: tun and metrics_listen changes need a restart; ignored")
+        if new.policy.client_prefix != self.config.policy.client_prefix:
+            log.warning("reload: client_prefix changes need a restart; ignored")
+            return
+        if new.policy.mtu != self.config.policy.mtu:
+            self.tun.mtu = new.policy.mtu
+        # Listener indexes are part of every state's peer: keep existing ones in place, close
+        # removed ones (their slot stays None) and append new ones.
+        current = {ep: i for i, ep in enumerate(self.config.listen)}
+        listen = list(self.config.listen)
+        for endpoint, index in current.items():
+            if endpoint not in new.listen and self.listeners[index] is not None:
+                self._unregister(self.listeners[index])
+                self.listeners[index].close()  # type: ignore[union-attr]
+                self.listeners[index] = None
+        for endpoint in new.listen:
+            if endpoint not in current:
+                try:
+                    sock = open_tunnel_socket(bind=endpoint)
+                except OSError as exc:
+                    log.error("reload: cannot listen on %s:%d: %s", *endpoint, exc.strerror)
+                    continue
+                listen.append(endpoint)
+                self.listeners.append(sock)
+                self._register(len(self.listeners) - 1, sock)
+        self.gateway.apply_policy(new.policy)
+        self.config = GatewayConfig(tuple(listen), self.config.tun, self.config.metrics_listen,
+                                    new.log_level, new.policy)
+        logging.getLogger("m6t").setLevel(new.log_level.upper())
+        self.reloads += 1
+        log.warning("configuration reloaded from %s", self.config_path)
+
+    # --- the loop ---
+
+    def _register(self, index: int, sock: socket.socket) -> None:
+        self._poll.register(sock.fileno(), select.EPOLLIN | select.EPOLLERR)
+        self._by_fd[sock.fileno()] = index
+
+    def _unregister(self, sock: socket.socket | None) -> None:
+        if sock is not None:
+            self._poll.unregister(sock.fileno())
+            self._by_fd.pop(sock.fileno(), None)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self._reload = True
+        else:
+            self._stop = True
+
+    def run(self) -> None:
+        wake_read, wake_write = socket.socketpair()
+        wake_read.setblocking(False)
+        wake_write.setblocking(False)
+        signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+        self._poll = select.epoll()
+        self._by_fd: dict[int, int] = {}
+        tun_fd = self.tun.fileno()
+        self._poll.register(tun_fd, select.EPOLLIN)
+        self._poll.register(wake_read.fileno(), select.EPOLLIN)
+        self._poll.register(self.icmp.fileno(), select.EPOLLIN)
+        for index, sock in enumerate(self.listeners):
+            if sock is not None:
+                self._register(index, sock)
+        next_snapshot = 0.0
+        gateway = self.gateway
+        try:
+            while not self._stop:
+                now = time.monotonic()
+                deadline = gateway.next_deadline()
+                timeout = min(SNAPSHOT_INTERVAL, next_snapshot - now)
+                if deadline is not None:
+                    timeout = min(timeout, deadline - now)
+                events = self._poll.poll(max(timeout, 0.0))
+                now = time.monotonic()
+                for fd, mask in events:
+                    if fd == tun_fd:
+                        self._from_home(now)
+                    elif fd == self.icmp.fileno():
+                        self._fragmentation_needed()
+                    elif fd == wake_read.fileno():
+                        try:
+                            while wake_read.recv(64):
+                                pass
+                        except BlockingIOError:
+                            pass
+                    else:
+                        listener = self._by_fd.get(fd)
+                        if listener is None:
+                            continue
+                        if mask & select.EPOLLERR:
+                            self._icmp_errors(listener)
+                        if mask & select.EPOLLIN:
+                            self._from_clients(listener, now)
+                if self._reload:
+                    self._reload = False
+                    self.reload()
+                if deadline is not None and now >= deadline:
+                    gateway.expire(now)
+                if now >= next_snapshot:
+                    self._publish()
+                    next_snapshot = now + SNAPSHOT_INTERVAL
+        finally:
+            signal.set_wakeup_fd(-1)
+            self._poll.close()
+            wake_read.close()
+            wake_write.close()
+
+    def _from_clients(self, index: int, now: float) -> None:
+        sock = self.listeners[index]
+        assert sock is not None
+        receive = self.gateway.receive_from_client
+        recvfrom, sendto, tun_write = sock.recvfrom, sock.sendto, self.tun.write
+        from_bytes, aton = int.from_bytes, socket.inet_aton
+        packets = octets = 0
+        for _ in range(BATCH):
+            try:
+                data, address = recvfrom(65535)
+            except BlockingIOError:
+                break
+            except OSError:
+                # With IP_RECVERR an ICMP error surfaces as a failed receive once; read it.
+                self._icmp_errors(index)
+                continue
+            peer = from_bytes(aton(address[0]), "big") << 24 | address[1] << 8 | index
+            decision = receive(data, peer, now)
+            if decision is FORWARD:
+                tun_write(data)
+                packets += 1
+                octets += len(data)
+            elif type(decision) is Reply:
+                with contextlib.suppress(OSError):
+                    sendto(decision.packet, address)
+        self.packets["from_client"] += packets
+        self.octets["from_client"] += octets
+
+    def _from_home(self, now: float) -> None:
+        receive = self.gateway.receive_from_home
+        read, tun_write = self.tun.read, self.tun.write
+        listeners = self.listeners
+        ntoa = socket.inet_ntoa
+        last_peer = -1
+        target: tuple[str, int] = ("", 0)
+        sock: socket.socket | None = None
+        packets = octets = 0
+        for _ in range(BATCH):
+            packet = read()
+            if packet is None:
+                break
+            decision = receive(packet, now)
+            if type(decision) is int:
+                if decision != last_peer:
+                    last_peer = decision
+                    target = (ntoa((decision >> 24).to_bytes(4, "big")), decision >> 8 & 0xFFFF)
+                    sock = listeners[decision & 0xFF]
+                if sock is None:
+                    continue  # its listener was removed by a reload; the state will age out
+                try:
+                    sock.sendto(packet, target)
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EMSGSIZE, errno.ECONNREFUSED,
+                                         errno.EHOSTUNREACH, errno.ENETUNREACH):
+                        raise
+                    continue
+                packets += 1
+                octets += len(packet)
+            elif type(decision) is Reply:
+                tun_write(decision.packet)
+        self.packets["to_client"] += packets
+        self.octets["to_client"] += octets
+
+    def _icmp_errors(self, index: int) -> None:
+        """Drain the error queue (port unreachable and the like): nothing to learn from them
+        that the draft acts on, but left queued they would fail the next receive."""
+        sock = self.listeners[index]
+        if sock is not None:
+            read_icmp_errors(sock)
+
+    def _fragmentation_needed(self) -> None:
+        for error in read_fragmentation_needed(self.icmp):
+            index = self._listener_index(error.local)
+            if index is None:
+                continue
+            host, port = error.remote
+            peer = int.from_bytes(socket.inet_aton(host), "big") << 24 | port << 8 | index
+            lowered = self.gateway.lower_client_mtu(peer, error.mtu)
+            if lowered is not None:
+                self.mtu_lowered += 1
+                log.info("path MTU to %s:%d is %d: tunnel MTU %d for that client",
+                         host, port, error.mtu, lowered)
+
+    def _listener_index(self, local: tuple[str, int]) -> int | None:
+        for index, endpoint in enumerate(self.config.listen):
+            if self.listeners[index] is not None and endpoint[1] == local[1] and \
+                    endpoint[0] in (local[0], "0.0.0.0"):
+                return index
+        return None
+
+    def _publish(self) -> None:
+        self.collector.snapshot = Snapshot(
+            states={kind.value: count for kind, count in self.gateway.counts().items()},
+            packets=dict(self.packets), bytes=dict(self.octets),
+            drops={reason.value: count for reason, count in self.gateway.drops.items()},
+            client_mtu_lowered=self.mtu_lowered, reloads=self.reloads)
+
+
+def check_privileges() -> str | None:
+    """Why this process cannot run a gateway, or None."""
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing: load the tun module (modprobe tun)"
+    return None

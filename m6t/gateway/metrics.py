@@ -1,0 +1,59 @@
+"""Prometheus metrics for the gateway, served from a snapshot the packet loop refreshes.
+
+The packet loop never touches prometheus_client: it keeps plain counters, and once a second
+publishes an immutable snapshot that the scrape thread reads. No lock on the packet path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from m6t.protocol.drops import DropReason
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    states: dict[str, int] = field(default_factory=dict)
+    packets: dict[str, int] = field(default_factory=dict)  # direction -> count
+    bytes: dict[str, int] = field(default_factory=dict)
+    drops: dict[str, int] = field(default_factory=dict)
+    client_mtu_lowered: int = 0
+    reloads: int = 0
+
+
+class GatewayCollector(Collector):
+    def __init__(self) -> None:
+        self.snapshot = Snapshot()
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        snap = self.snapshot
+        states = GaugeMetricFamily("m6t_gateway_states", "Tunnel states by kind", labels=["kind"])
+        for kind, count in snap.states.items():
+            states.add_metric([kind], count)
+        yield states
+        packets = CounterMetricFamily("m6t_gateway_packets", "Packets forwarded",
+                                      labels=["direction"])
+        octets = CounterMetricFamily("m6t_gateway_bytes", "Bytes forwarded (IPv6 packets)",
+                                     labels=["direction"])
+        for direction in ("from_client", "to_client"):
+            packets.add_metric([direction], snap.packets.get(direction, 0))
+            octets.add_metric([direction], snap.bytes.get(direction, 0))
+        yield packets
+        yield octets
+        drops = CounterMetricFamily("m6t_gateway_drops", "Packets dropped, by reason",
+                                    labels=["reason"])
+        for reason in DropReason:
+            drops.add_metric([reason.value], snap.drops.get(reason.value, 0))
+        yield drops
+        yield CounterMetricFamily("m6t_gateway_rate_limit_hits",
+                                  "New states refused by the per-IPv4 rate limit",
+                                  value=snap.drops.get(DropReason.RATE_LIMITED.value, 0))
+        yield CounterMetricFamily("m6t_gateway_client_mtu_lowered",
+                                  "Client path MTUs lowered by ICMPv4 errors",
+                                  value=snap.client_mtu_lowered)
+        yield CounterMetricFamily("m6t_gateway_reloads", "Configuration reloads (SIGHUP)",
+                                  value=snap.reloads)
