@@ -14,7 +14,6 @@ import select
 import signal
 import socket
 import time
-from collections import Counter
 from pathlib import Path
 
 from prometheus_client import start_http_server
@@ -35,7 +34,6 @@ from m6t.protocol.gateway import FORWARD, Gateway, Reply
 log = logging.getLogger("m6t.gateway")
 
 BATCH = 256  # packets drained per readable descriptor before looking at the others
-SNAPSHOT_INTERVAL = 1.0
 _FORWARDING = "net/ipv6/conf/all/forwarding"
 
 
@@ -46,9 +44,9 @@ class GatewayDaemon:
         self.gateway = Gateway(config.policy)
         self.changes = ChangeLog()
         self.listeners: list[socket.socket | None] = []
-        self.collector = GatewayCollector()
-        self.packets: Counter[str] = Counter()
-        self.octets: Counter[str] = Counter()
+        self.collector = GatewayCollector(self.snapshot)
+        self.packets = dict.fromkeys(("from_client", "to_client"), 0)
+        self.octets = dict.fromkeys(("from_client", "to_client"), 0)
         self.mtu_lowered = 0
         self.reloads = 0
         self._stop = False
@@ -189,16 +187,12 @@ class GatewayDaemon:
         for index, sock in enumerate(self.listeners):
             if sock is not None:
                 self._register(index, sock)
-        next_snapshot = 0.0
         gateway = self.gateway
         try:
             while not self._stop:
-                now = time.monotonic()
                 deadline = gateway.next_deadline()
-                timeout = min(SNAPSHOT_INTERVAL, next_snapshot - now)
-                if deadline is not None:
-                    timeout = min(timeout, deadline - now)
-                events = self._poll.poll(max(timeout, 0.0))
+                timeout = -1.0 if deadline is None else max(deadline - time.monotonic(), 0.0)
+                events = self._poll.poll(timeout)
                 now = time.monotonic()
                 for fd, mask in events:
                     if fd == tun_fd:
@@ -224,9 +218,6 @@ class GatewayDaemon:
                     self.reload()
                 if deadline is not None and now >= deadline:
                     gateway.expire(now)
-                if now >= next_snapshot:
-                    self._publish()
-                    next_snapshot = now + SNAPSHOT_INTERVAL
         finally:
             signal.set_wakeup_fd(-1)
             self._poll.close()
@@ -323,8 +314,9 @@ class GatewayDaemon:
                 return index
         return None
 
-    def _publish(self) -> None:
-        self.collector.snapshot = Snapshot(
+    def snapshot(self) -> Snapshot:
+        """Called from the metrics thread: only atomic reads of the loop's dicts."""
+        return Snapshot(
             states={kind.value: count for kind, count in self.gateway.counts().items()},
             packets=dict(self.packets), bytes=dict(self.octets),
             drops={reason.value: count for reason, count in self.gateway.drops.items()},

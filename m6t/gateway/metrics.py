@@ -1,12 +1,13 @@
-"""Prometheus metrics for the gateway, served from a snapshot the packet loop refreshes.
+"""Prometheus metrics for the gateway, read at scrape time from the packet loop's counters.
 
-The packet loop never touches prometheus_client: it keeps plain counters, and once a second
-publishes an immutable snapshot that the scrape thread reads. No lock on the packet path.
+The packet loop never touches prometheus_client: it keeps plain dicts whose keys are all
+present from the start, so the scrape thread's copies (single C-level dict copies under the
+GIL) never see a dict change size. No lock on the packet path, and no stale figures.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -26,11 +27,11 @@ class Snapshot:
 
 
 class GatewayCollector(Collector):
-    def __init__(self) -> None:
-        self.snapshot = Snapshot()
+    def __init__(self, read: Callable[[], Snapshot]) -> None:
+        self.read = read
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-        snap = self.snapshot
+        snap = self.read()
         states = GaugeMetricFamily("m6t_gateway_states", "Tunnel states by kind", labels=["kind"])
         for kind, count in snap.states.items():
             states.add_metric([kind], count)

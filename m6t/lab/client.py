@@ -142,7 +142,7 @@ MALFORMED: dict[str, bytes] = {
     "39_bytes": bytes([0x60]) + bytes(38),
     "version_4": bytes([0x45]) + bytes(39),
     "wrong_payload_length": bytes([0x60, 0, 0, 0, 0, 8, 59, 64]) + bytes(32),
-    "junk_64k": secrets.token_bytes(65507),
+    "junk_64k": bytes([0x60]) + secrets.token_bytes(65506),  # looks like IPv6 at first
 }
 
 

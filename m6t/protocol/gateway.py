@@ -177,7 +177,8 @@ class Gateway:
     """
 
     def __init__(self, policy: GatewayPolicy) -> None:
-        self.drops: Counter[DropReason] = Counter()
+        # Every reason present from the start: readers in other threads copy it safely.
+        self.drops: Counter[DropReason] = Counter(dict.fromkeys(DropReason, 0))
         self._temporary: dict[bytes, TunnelState] = {}
         self._active: dict[bytes, TunnelState] = {}
         # Expiry wheel: tick -> addresses whose deadline falls in it, plus a heap of ticks.

@@ -1,0 +1,199 @@
+"""m6t-gateway end to end: the real daemon, the real NAT, the lab's scripted client.
+
+Each test builds its own lab (mn behind an nftables NAT, gw, ha) and drives the gateway with
+raw IPv6-in-UDP from the mobile node, then reads the gateway's drop counters from its metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from typing import Any
+
+import pytest
+
+from m6t.lab.lab import Lab, wait_for
+
+pytestmark = pytest.mark.netns
+
+SRC = "fd6d:6d74:1:1:1:0:0:1"
+OTHER_SRC = "fd6d:6d74:1:1:1:0:0:2"
+
+
+def client(lab: Lab, command: str, *args: str, role: str = "mn", bind: str = "0.0.0.0:40001",
+           port: int = 3544) -> dict[str, Any]:
+    result = lab.python(role, "m6t.lab.client", "--gateway", f"{lab.addr.gw_wan}:{port}",
+                        "--bind", bind, command, *args)
+    return json.loads(result.stdout)
+
+
+def drops(lab: Lab, reason: str) -> float:
+    return lab.metrics()[f'm6t_gateway_drops_total{{reason="{reason}"}}']
+
+
+def states(lab: Lab, kind: str) -> float:
+    return lab.metrics()[f'm6t_gateway_states{{kind="{kind}"}}']
+
+
+def wait_metric(lab: Lab, predicate: Any, what: str, timeout: float = 5) -> None:
+    """Metrics are a snapshot refreshed once a second: wait for the condition, not a sleep."""
+    wait_for(lambda: predicate(lab.metrics()), timeout, what, interval=0.2)
+
+
+def test_first_packet_reaches_home_agent_and_answer_comes_back(lab: Lab) -> None:
+    lab.start_gateway()
+    result = client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent, "--count", "3")
+    assert result["received"] == 3
+    wait_metric(lab, lambda m: m['m6t_gateway_states{kind="active"}'] == 1, "an active state")
+    # The HA saw the client's tunnel address, not the NAT's: nothing of IPv4 leaks to IPv6.
+    neighbours = lab.ip("ha", "-6", "route", "get", SRC).stdout
+    assert "fd48:4100::1" in neighbours
+
+
+def test_ike_like_udp_exchange_passes_unchanged(lab: Lab) -> None:
+    lab.start_gateway()
+    lab.start_udp_echo(500)
+    result = client(lab, "udp", "--src", SRC, "--dst", lab.addr.home_agent,
+                    "--sport", "500", "--dport", "500", "--payload", "0123456789abcdef")
+    assert result == {"answered": True, "payload": "efcdab8967452301", "local": result["local"]}
+
+
+def test_same_source_from_another_port_or_address_is_dropped(lab: Lab) -> None:
+    lab.start_gateway()
+    assert client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent)["received"] == 1
+    # Same IPv6 source, another UDP port behind the same NAT.
+    spoofed = client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent, "--timeout", "0.5",
+                     bind="0.0.0.0:40002")
+    assert spoofed["received"] == 0
+    # Same IPv6 source from another IPv4 address (an attacker on the public side).
+    spoofed = client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent, "--timeout",
+                     "0.5", role="nat", bind=f"{lab.addr.outsider}:40003")
+    assert spoofed["received"] == 0
+    wait_metric(lab, lambda m: m['m6t_gateway_drops_total{reason="ipv4_mismatch"}'] == 2,
+                "two ipv4_mismatch drops")
+    # The real client is undisturbed: its state was not updated.
+    assert client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent,
+                  "--count", "3")["received"] == 3
+
+
+def test_keepalive_answered_only_for_an_active_state(lab: Lab) -> None:
+    lab.start_gateway(temporary_lifetime=5.0)
+    assert client(lab, "keepalive", "--src", SRC)["answered"] is False  # no state at all
+    # A temporary state (the HA never answers a next-header-59 packet) is not enough.
+    client(lab, "send", "--src", SRC, "--dst", lab.addr.home_agent)
+    assert client(lab, "keepalive", "--src", SRC)["answered"] is False
+    wait_metric(lab, lambda m: m['m6t_gateway_drops_total{reason="keepalive_no_state"}'] == 2,
+                "two keepalive_no_state drops")
+    # The HA answers an echo: the state becomes active, keepalives are answered.
+    assert client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent)["received"] == 1
+    assert client(lab, "keepalive", "--src", SRC)["answered"] is True
+    # ...but not when they come from another IPv4 port.
+    assert client(lab, "keepalive", "--src", SRC, bind="0.0.0.0:40002")["answered"] is False
+    wait_metric(lab, lambda m: m['m6t_gateway_drops_total{reason="keepalive_ipv4_mismatch"}']
+                == 1, "a keepalive_ipv4_mismatch drop")
+
+
+def test_temporary_state_without_answer_expires(lab: Lab) -> None:
+    lab.start_gateway(temporary_lifetime=0.5)
+    client(lab, "send", "--src", SRC, "--dst", lab.addr.home_agent)
+    wait_metric(lab, lambda m: m['m6t_gateway_states{kind="temporary"}'] == 1,
+                "a temporary state")
+    wait_metric(lab, lambda m: m['m6t_gateway_states{kind="temporary"}'] == 0,
+                "the temporary state to expire", timeout=4)
+    # Gone for real: the same address from another port now creates a fresh state and works.
+    assert client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent,
+                  bind="0.0.0.0:40002")["received"] == 1
+    assert drops(lab, "ipv4_mismatch") == 0
+
+
+def test_flood_of_new_addresses_is_rate_limited_and_client_keeps_working(lab: Lab) -> None:
+    lab.start_gateway(new_states_per_second=5, new_states_burst=10, temporary_lifetime=30.0)
+    assert client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent)["received"] == 1
+    flood = lab.spawn("mn", [sys.executable, "-m", "m6t.lab.client", "--gateway",
+                             f"{lab.addr.gw_wan}:3544", "--bind", "0.0.0.0:40009", "flood",
+                             "--prefix", "fd6d:6d74:1::/48", "--dst", lab.addr.home_agent,
+                             "--count", "20000", "--duration", "2"], log_name="flood")
+    during = client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent, "--count", "5",
+                    "--interval", "0.1")
+    assert flood.wait(10) == 0
+    assert during["received"] == 5
+    metrics = lab.metrics()
+    temporary = metrics['m6t_gateway_states{kind="temporary"}']
+    limited = metrics['m6t_gateway_drops_total{reason="rate_limited"}']
+    # The budget of the NAT's one IPv4 address: the burst (less the token the real client
+    # spent) plus 5/s over the flood's at most 2 s (plus slack for start-up), whatever the
+    # number of datagrams sent.
+    assert 9 <= temporary <= 10 + 5 * 4
+    assert limited >= 1000
+    assert metrics["m6t_gateway_rate_limit_hits_total"] == limited
+    assert client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent)["received"] == 1
+
+
+def test_malformed_datagrams_are_dropped_by_name_and_gateway_stays_up(lab: Lab) -> None:
+    gateway = lab.start_gateway()
+    client(lab, "malformed")
+    wait_metric(lab, lambda m: m['m6t_gateway_drops_total{reason="short_packet"}'] == 2
+                and m['m6t_gateway_drops_total{reason="bad_version"}'] == 1
+                and m['m6t_gateway_drops_total{reason="bad_length"}'] == 2,
+                "empty and 39-byte datagrams as short_packet, version 4 as bad_version, "
+                "wrong payload length and 64 KiB of junk as bad_length")
+    assert gateway.poll() is None
+    assert client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent)["received"] == 1
+
+
+def test_packets_outside_prefix_or_not_to_home_agent_are_dropped(lab: Lab) -> None:
+    lab.start_gateway()
+    outside = client(lab, "echo", "--src", "fd00:bad::1", "--dst", lab.addr.home_agent,
+                     "--timeout", "0.5")
+    elsewhere = client(lab, "echo", "--src", SRC, "--dst", lab.addr.gw_home, "--timeout", "0.5")
+    assert outside["received"] == elsewhere["received"] == 0
+    wait_metric(lab, lambda m: m['m6t_gateway_drops_total{reason="src_outside_prefix"}'] == 1
+                and m['m6t_gateway_drops_total{reason="dst_not_home_agent"}'] == 1,
+                "src_outside_prefix and dst_not_home_agent drops")
+
+
+def test_every_listen_port_serves(lab: Lab) -> None:
+    lab.start_gateway()
+    assert client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent,
+                  port=4500)["received"] == 1
+
+
+def test_home_side_packet_too_big_for_tunnel_mtu(lab: Lab) -> None:
+    """A packet from the HA larger than the tunnel MTU gets an ICMPv6 Packet Too Big."""
+    lab.start_gateway(mtu=1400)
+    assert client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent)["received"] == 1
+    result = lab.run("ha", ["ping", "-6", "-c", "1", "-W", "2", "-s", "1450", "-M", "do", SRC],
+                     check=False)
+    assert "mtu = 1400" in result.stdout + result.stderr or "Packet too big" in result.stdout
+    cached = lab.ip("ha", "-6", "route", "get", SRC).stdout
+    assert "mtu 1400" in cached
+
+
+def test_sigterm_leaves_nothing_behind(lab: Lab) -> None:
+    before = lab.run("gw", ["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).stdout.strip()
+    gateway = lab.start_gateway()
+    assert client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent)["received"] == 1
+    assert "m6tgw0" in lab.ip("gw", "link").stdout
+    assert lab.stop(gateway, signal.SIGTERM) == 0
+    assert "m6tgw0" not in lab.ip("gw", "link").stdout
+    assert "fd6d:6d74:1::/48" not in lab.ip("gw", "-6", "route").stdout
+    after = lab.run("gw", ["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).stdout.strip()
+    assert after == before
+    assert lab.run("gw", ["ss", "-Hlun"]).stdout.strip() == ""
+
+
+def test_sighup_reloads_listen_ports(lab: Lab) -> None:
+    gateway = lab.start_gateway()
+    assert client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent)["received"] == 1
+    config = lab.gateway_config(listen=[f"{lab.addr.gw_wan}:3544", f"{lab.addr.gw_wan}:53"])
+    lab.write_toml("gateway.toml", config)
+    gateway.send_signal(signal.SIGHUP)  # ip netns exec replaced itself with the daemon
+    wait_for(lambda: ":53 " in lab.run("gw", ["ss", "-Hlun"]).stdout, 5, "port 53 to open")
+    assert ":4500 " not in lab.run("gw", ["ss", "-Hlun"]).stdout
+    # The existing client (port 3544) kept its state; a new one uses port 53.
+    assert client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent)["received"] == 1
+    assert client(lab, "echo", "--src", OTHER_SRC, "--dst", lab.addr.home_agent,
+                  bind="0.0.0.0:40002", port=53)["received"] == 1
+    wait_metric(lab, lambda m: m["m6t_gateway_reloads_total"] == 1, "one reload")
+    assert gateway.poll() is None
