@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml scripts/setup-system
 	./scripts/setup-system
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,desktop]'
 	touch $@
 
 # The whole suite, network-namespace tests included; in it a skipped netns test is a failure.

@@ -92,6 +92,8 @@ def parse_config(data: dict[str, Any]) -> GatewayConfig:
         raise ConfigError("home_agents: expected a non-empty list of IPv6 addresses")
     agents = set()
     for i, item in enumerate(agents_raw):
+        if not isinstance(item, str):
+            raise ConfigError(f"home_agents[{i}]: expected a string, got {item!r}")
         try:
             agents.add(ipaddress.IPv6Address(item))
         except (ValueError, TypeError):
@@ -99,6 +101,8 @@ def parse_config(data: dict[str, Any]) -> GatewayConfig:
 
     icmp_source = None
     if "icmp_source" in data:
+        if not isinstance(data["icmp_source"], str):
+            raise ConfigError(f"icmp_source: expected a string, got {data['icmp_source']!r}")
         try:
             icmp_source = ipaddress.IPv6Address(data["icmp_source"])
         except (ValueError, TypeError):

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -99,10 +100,8 @@ def up() -> int:
         for role, name in lab.ns.items():
             print(f"  {role:>3}: ip netns exec {name} bash")
         print(f"logs: {lab.workdir}")
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             signal.pause()
-        except KeyboardInterrupt:
-            pass
     return 0
 
 

@@ -19,6 +19,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -173,24 +174,36 @@ class Lab:
         self.run("nat", ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
         self.set_nat_rules()
 
-    def set_nat_rules(self, extra: str = "") -> None:
+    def set_nat_rules(self, extra: str = "", public: str | None = None,
+                      before_defrag: str = "") -> None:
         """Masquerade the LANs behind the NAT's main outside address; `extra` adds rules to
-        the forward chain (e.g. "udp dport 3544 drop" for a blocked port)."""
+        the forward chain (e.g. "udp dport 3544 drop" for a blocked port), `before_defrag`
+        to a chain that sees IPv4 fragments before conntrack reassembles them."""
         a = self.addr
         ruleset = f"""
 flush ruleset
 table ip lab {{
+    chain early {{
+        type filter hook prerouting priority -500; policy accept;
+        {before_defrag}
+    }}
     chain forward {{
         type filter hook forward priority 0; policy accept;
         {extra}
     }}
     chain postrouting {{
         type nat hook postrouting priority 100; policy accept;
-        oifname "wan" ip saddr 192.168.0.0/16 snat to {a.nat_wan}
+        oifname "wan" ip saddr 192.168.0.0/16 snat to {public or a.nat_wan}
     }}
 }}
 """
         self.run("nat", ["nft", "-f", "-"], input=ruleset.encode())
+
+    def change_nat_mapping(self) -> None:
+        """The NAT now maps the LAN to its other public address and forgets every mapping:
+        what a NAT reboot or a carrier-grade NAT's pool change looks like from outside."""
+        self.set_nat_rules(public=self.addr.outsider)
+        self.flush_conntrack()
 
     def flush_conntrack(self) -> None:
         """Forget every NAT mapping, as a NAT that reboots or times out would."""
@@ -262,6 +275,44 @@ table ip lab {{
                 name, _, number = line.rpartition(" ")
                 values[name] = float(number)
         return values
+
+    # --- the client helper ---
+
+    def profile(self, **overrides: Any) -> dict[str, Any]:
+        """A profile for the lab's gateway, as the control API takes it."""
+        a = self.addr
+        profile: dict[str, Any] = {
+            "name": "lab", "gateway": a.gw_wan, "ports": [3544, 4500],
+            "prefix": a.client_prefix, "home_agent": a.home_agent,
+        }
+        profile.update(overrides)
+        return profile
+
+    def start_helper(self, *args: str) -> subprocess.Popen[bytes]:
+        """m6t-helper inside mn; its control socket is a file in the lab's work directory,
+        so clients in the host namespace reach it as they would /run/m6t/helper.sock."""
+        path = self.workdir / "helper.sock"
+        self.helper_socket = str(path)
+        process = self.spawn("mn", [sys.executable, "-m", "m6t_helper", "--socket", str(path),
+                                    *args], log_name="helper")
+        self.helper_process = process
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                return True
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(str(path))
+            except OSError:
+                return False
+            finally:
+                probe.close()
+            return True
+
+        wait_for(ready, 10, "m6t-helper to listen")
+        if process.poll() is not None:
+            raise LabError(f"m6t-helper exited ({process.returncode}): {self.log('helper')}")
+        return process
 
     # --- the home agent ---
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -41,14 +43,39 @@ class RouteInfo:
     mtu: int | None  # the route's MTU metric if set, else the device MTU
 
 
-class Netlink:
-    """Netlink requests in the calling thread's network namespace."""
+class _ThreadBound:
+    """An IPRoute that lives in a thread of its own and runs every request there.
+
+    pyroute2 0.9's synchronous IPRoute drives an asyncio loop internally: it cannot be created
+    inside a running loop (the helper's), and one bound in another thread hangs. A private
+    thread sidesteps both; each request is a few hundred microseconds.
+    """
 
     def __init__(self) -> None:
-        self._ipr = IPRoute()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+        self._ipr: IPRoute = self._executor.submit(IPRoute).result()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._ipr, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._executor.submit(method, *args, **kwargs).result()
+
+        return call
+
+    def shutdown(self) -> None:
+        self._executor.submit(self._ipr.close).result()
+        self._executor.shutdown()
+
+
+class Netlink:
+    """Netlink requests in the network namespace of the process."""
+
+    def __init__(self) -> None:
+        self._ipr = _ThreadBound()
 
     def close(self) -> None:
-        self._ipr.close()
+        self._ipr.shutdown()
 
     def index(self, ifname: str) -> int | None:
         found = self._ipr.link_lookup(ifname=ifname)

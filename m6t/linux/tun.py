@@ -31,7 +31,7 @@ class TunDevice:
     BlockingIOError (pytun raises its own Error with errno 11) and cost less per packet.
     """
 
-    def __init__(self, name: str, mtu: int) -> None:
+    def __init__(self, name: str, mtu: int, up: bool = True) -> None:
         try:
             self._device = pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
         except pytun.Error as exc:
@@ -40,6 +40,10 @@ class TunDevice:
         self._fd: int = self._device.fileno()
         os.set_blocking(self._fd, False)
         self._device.mtu = mtu
+        if up:
+            self._device.up()
+
+    def up(self) -> None:
         self._device.up()
 
     def fileno(self) -> int:

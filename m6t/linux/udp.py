@@ -69,6 +69,8 @@ def parse_fragmentation_needed(packet: bytes) -> FragmentationNeeded | None:
     if len(packet) < _IPV4_MIN_HEADER or packet[0] >> 4 != 4:
         return None
     outer = (packet[0] & 0x0F) * 4
+    if outer < _IPV4_MIN_HEADER:
+        return None
     icmp = packet[outer:]
     if len(icmp) < 8 + _IPV4_MIN_HEADER + 8:
         return None
@@ -77,7 +79,8 @@ def parse_fragmentation_needed(packet: bytes) -> FragmentationNeeded | None:
     mtu = int.from_bytes(icmp[6:8], "big")
     inner = icmp[8:]
     inner_length = (inner[0] & 0x0F) * 4
-    if inner[0] >> 4 != 4 or inner[9] != socket.IPPROTO_UDP or len(inner) < inner_length + 4:
+    if (inner_length < _IPV4_MIN_HEADER or inner[0] >> 4 != 4
+            or inner[9] != socket.IPPROTO_UDP or len(inner) < inner_length + 4):
         return None
     if mtu < MIN_IPV4_MTU:
         return None  # pre-RFC 1191 router: no usable figure

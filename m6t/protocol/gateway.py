@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import heapq
 import ipaddress
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -129,8 +130,14 @@ class GatewayPolicy:
             raise problem("temporary_lifetime", "must be in (0, 60] seconds")
         if not self.temporary_lifetime < self.active_lifetime <= 86400:
             raise problem("active_lifetime", "must exceed temporary_lifetime, at most a day")
-        if self.new_states_per_second <= 0:
-            raise problem("new_states_per_second", "must be > 0")
+        if not (math.isfinite(self.new_states_per_second) and self.new_states_per_second > 0):
+            raise problem("new_states_per_second", "must be a finite number > 0")
+        if not (math.isfinite(self.packet_too_big_per_second)
+                and self.packet_too_big_per_second > 0):
+            raise problem("packet_too_big_per_second", "must be a finite number > 0")
+        for key in ("temporary_lifetime", "active_lifetime"):
+            if not math.isfinite(getattr(self, key)):
+                raise problem(key, "must be a finite number")
         if self.new_states_burst < 1:
             raise problem("new_states_burst", "must be >= 1")
         if self.max_states < 1:
@@ -337,8 +344,10 @@ class Gateway:
 
     # --- expiry ---
 
-    def _file(self, address: bytes, expires_at: float) -> None:
-        tick = int(expires_at / EXPIRY_TICK) + 1
+    def _file(self, address: bytes, expires_at: float, at_least: int = 0) -> None:
+        # `at_least`: a state re-filed while its tick is processed goes to a later tick, so
+        # `expire` always moves on.
+        tick = max(int(expires_at / EXPIRY_TICK) + 1, at_least)
         bucket = self._wheel.get(tick)
         if bucket is None:
             self._wheel[tick] = [address]
@@ -354,9 +363,11 @@ class Gateway:
         """Remove states whose lifetime has passed; returns how many went."""
         removed = 0
         ticks, wheel = self._ticks, self._wheel
-        current = int(now / EXPIRY_TICK)
-        while ticks and ticks[0] <= current:
-            for address in wheel.pop(heapq.heappop(ticks)):
+        # Compare in the same terms as `next_deadline` (tick * EXPIRY_TICK), so expiring at
+        # exactly the announced deadline always does the work (no float round-trip miss).
+        while ticks and ticks[0] * EXPIRY_TICK <= now:
+            tick = heapq.heappop(ticks)
+            for address in wheel.pop(tick):
                 table = self._active if address in self._active else self._temporary
                 state = table.get(address)
                 if state is None:
@@ -367,7 +378,7 @@ class Gateway:
                         self._client_mtu.pop(state.peer, None)
                     removed += 1
                 else:
-                    self._file(address, state.expires_at)
+                    self._file(address, state.expires_at, at_least=tick + 1)
         if now >= self._next_trim:
             self._new_states.forget_refilled(now)
             self._next_trim = now + RATE_LIMITER_TRIM_INTERVAL

@@ -1,0 +1,242 @@
+"""Typed records of the control API (msgspec) and their validation.
+
+msgspec decodes a line straight into these records and names the offending path on error
+("Expected `int`, got `str` - at `$.params.profile.mtu`"); `validate_profile` then checks
+what types cannot say (ranges, address families, the /80), naming the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any, Literal
+
+import msgspec
+
+from m6t.protocol.addressing import AddressingError, TunnelPrefix
+from m6t.protocol.constants import (
+    DEFAULT_TUNNEL_MTU,
+    ENCAPSULATION_OVERHEAD,
+    IPV6_MINIMUM_MTU,
+    KEEPALIVE_INTERVAL,
+)
+
+API_VERSION = 1
+MAX_LINE_BYTES = 64 * 1024
+MAX_PORTS = 16
+MAX_ROUTES = 64
+DEFAULT_SOCKET = "/run/m6t/helper.sock"
+
+TunnelState = Literal["disconnected", "connecting", "connected", "waiting", "error"]
+Routes = Literal["home-agent", "default"] | list[str]
+
+
+class Profile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A gateway to reach the home agent through, and how to use the tunnel."""
+
+    name: str
+    gateway: str  # IPv4 literal or host name
+    ports: list[int]
+    prefix: str  # the client's /80
+    home_agent: str
+    mtu: int | Literal["auto"] = DEFAULT_TUNNEL_MTU
+    keepalive: float = KEEPALIVE_INTERVAL
+    routes: Routes = "home-agent"
+    auto_connect: bool = False
+
+
+class ProfileError(ValueError):
+    """A profile field that is wrong; `field` names it, the message says why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@+-]{0,63}")
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_name(name: str) -> None:
+    if not _NAME.fullmatch(name):
+        raise ProfileError("name", "1-64 characters: letters, digits, space and ._@+- "
+                                   "(starting with a letter or digit)")
+
+
+def check_gateway(gateway: str) -> None:
+    if not gateway:
+        raise ProfileError("gateway", "empty: give an IPv4 address or a host name")
+    try:
+        address = ipaddress.IPv4Address(gateway)
+    except ValueError:
+        if re.fullmatch(r"[0-9.]+", gateway):
+            raise ProfileError("gateway", f"{gateway!r} is not a valid IPv4 address") from None
+        if ":" in gateway:
+            raise ProfileError("gateway", "the tunnel runs over IPv4: give an IPv4 address "
+                                          "or a host name, not an IPv6 address") from None
+        labels = gateway.rstrip(".").split(".")
+        if len(gateway) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+            raise ProfileError("gateway", f"{gateway!r} is neither an IPv4 address nor a "
+                                          "valid host name") from None
+        return
+    if address.is_multicast or address.is_unspecified or address.is_loopback:
+        raise ProfileError("gateway", f"{address} cannot be a gateway")
+
+
+def check_ports(ports: list[int]) -> None:
+    if not ports:
+        raise ProfileError("ports", "at least one UDP port (3544 and 4500 are common)")
+    if len(ports) > MAX_PORTS:
+        raise ProfileError("ports", f"at most {MAX_PORTS} ports")
+    for port in ports:
+        if not 1 <= port <= 65535:
+            raise ProfileError("ports", f"{port} is not a UDP port (1-65535)")
+    if len(set(ports)) != len(ports):
+        raise ProfileError("ports", "each port once")
+
+
+def check_prefix(prefix: str) -> TunnelPrefix:
+    try:
+        return TunnelPrefix.parse(prefix)
+    except AddressingError as exc:
+        raise ProfileError("prefix", str(exc).removeprefix("tunnel prefix ")) from None
+
+
+def check_home_agent(home_agent: str, prefix: TunnelPrefix | None) -> None:
+    try:
+        address = ipaddress.IPv6Address(home_agent)
+    except ValueError:
+        raise ProfileError("home_agent", f"{home_agent!r} is not an IPv6 address") from None
+    if address.is_multicast or address.is_unspecified or address.is_loopback \
+            or address.is_link_local:
+        raise ProfileError("home_agent", f"{address} is not a unicast address")
+    if prefix is not None and address in prefix.network:
+        raise ProfileError("home_agent", "cannot be inside the tunnel prefix")
+
+
+def check_mtu(mtu: int | str) -> None:
+    if mtu == "auto":
+        return
+    if isinstance(mtu, bool) or not isinstance(mtu, int):
+        raise ProfileError("mtu", "a number of bytes or \"auto\"")
+    highest = 65535 - ENCAPSULATION_OVERHEAD
+    if not IPV6_MINIMUM_MTU <= mtu <= highest:
+        raise ProfileError("mtu", f"{mtu} is outside {IPV6_MINIMUM_MTU}-{highest} (IPv6 needs "
+                                  f"at least {IPV6_MINIMUM_MTU})")
+
+
+def check_keepalive(keepalive: float) -> None:
+    # "If the MN has not sent and received traffic via the tunnel for 30 seconds ... send an
+    # empty IPv6 packet" (Maintaining NAT states): shorter is allowed, longer is not.
+    if not 1 <= keepalive <= KEEPALIVE_INTERVAL:
+        raise ProfileError("keepalive", f"{keepalive:g} s is outside 1-30 s (the draft's "
+                                        "30 s is the longest NATs reliably tolerate)")
+
+
+def check_routes(routes: Routes) -> list[ipaddress.IPv6Network]:
+    if routes in ("home-agent", "default"):
+        return []
+    if not isinstance(routes, list) or not routes:
+        raise ProfileError("routes", "\"home-agent\", \"default\" or a list of IPv6 prefixes")
+    if len(routes) > MAX_ROUTES:
+        raise ProfileError("routes", f"at most {MAX_ROUTES} prefixes")
+    networks = []
+    for route in routes:
+        try:
+            networks.append(ipaddress.IPv6Network(route, strict=True))
+        except ValueError as exc:
+            raise ProfileError("routes", f"{route!r}: {exc}") from None
+    return networks
+
+
+def validate_profile(profile: Profile) -> Profile:
+    """Raise ProfileError naming the first bad field; return the profile unchanged if good."""
+    check_name(profile.name)
+    check_gateway(profile.gateway)
+    check_ports(profile.ports)
+    prefix = check_prefix(profile.prefix)
+    check_home_agent(profile.home_agent, prefix)
+    check_mtu(profile.mtu)
+    check_keepalive(profile.keepalive)
+    check_routes(profile.routes)
+    return profile
+
+
+def profile_from_dict(data: Any) -> Profile:
+    """Decode and validate a profile from plain data (a TOML table, JSON params)."""
+    try:
+        profile = msgspec.convert(data, Profile)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        field = message.rpartition("$.")[2].rstrip("`") if "$." in message else "profile"
+        raise ProfileError(field, message) from None
+    return validate_profile(profile)
+
+
+# --- status and events ---
+
+
+class AddressChange(msgspec.Struct, kw_only=True):
+    address: str
+    previous: str | None
+    reason: str  # connect, network_changed, nat_mapping_changed, user_request, ...
+    at: float  # Unix time
+
+
+class PortProbe(msgspec.Struct, kw_only=True):
+    port: int
+    reachable: bool
+    rtt_ms: float | None = None
+    error: str | None = None
+
+
+class MtuReport(msgspec.Struct, kw_only=True):
+    mtu: int  # largest IPv6 packet that reached the HA and came back
+    fragments_pass: bool  # whether IPv4 fragments get through (packets beyond the IPv4 path MTU)
+    ipv4_path_mtu: int | None  # what the route to the gateway says
+    tried: list[int]
+    answered: list[int]
+
+
+class TunnelStatus(msgspec.Struct, kw_only=True):
+    name: str  # interface: m6t0, m6t1, ...
+    profile: str
+    state: TunnelState
+    cause: str
+    address: str | None
+    prefix: str
+    suffix: str | None  # the 48 random bits, as the address's last three groups
+    gateway: str
+    gateway_address: str | None
+    port: int | None
+    home_agent: str
+    mtu: int
+    rtt_ms: float | None
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    rx_packets: int = 0
+    tx_packets: int = 0
+    drops: dict[str, int] = {}
+    since: float = 0.0  # Unix time of the last state change
+    history: list[AddressChange] = []
+    ports: list[PortProbe] = []  # what the last race saw of each port
+
+
+class Request(msgspec.Struct, forbid_unknown_fields=True):
+    jsonrpc: Literal["2.0"]
+    method: str
+    id: int | str | None = None
+    params: dict[str, Any] | list[Any] | None = None
+
+
+# JSON-RPC 2.0 error codes, and ours (-32000 to -32099 are the server's to define).
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+PERMISSION_DENIED = -32001
+NOT_FOUND = -32002
+CONFLICT = -32003
+UNAVAILABLE = -32004

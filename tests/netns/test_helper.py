@@ -1,0 +1,423 @@
+"""m6t-helper end to end: the real helper in mn, the real gateway, the real NAT.
+
+Clients talk to the helper over its real Unix socket from the host namespace, as the CLI and
+the desktop app do. Everything waits on conditions, never on fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from m6t.control.client import HelperClient, HelperError, HelperNotRunning
+from m6t.lab.lab import Lab, wait_for
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+def world(lab: Lab) -> Iterator[Lab]:
+    lab.start_gateway()
+    lab.start_helper()
+    yield lab
+
+
+def connect(lab: Lab, **overrides: Any) -> dict[str, Any]:
+    with HelperClient(lab.helper_socket) as client:
+        return dict(client.call("connect", profile=lab.profile(**overrides)))
+
+
+def status(lab: Lab) -> dict[str, Any]:
+    with HelperClient(lab.helper_socket) as client:
+        tunnels = client.call("status")["tunnels"]
+    assert len(tunnels) == 1
+    return dict(tunnels[0])
+
+
+def ping(lab: Lab, count: int = 3, size: int = 56, timeout: float = 2) -> bool:
+    result = lab.run("mn", ["ping", "-6", "-c", str(count), "-i", "0.2", "-W", str(timeout),
+                            "-s", str(size), lab.addr.home_agent], check=False, timeout=30)
+    return result.returncode == 0
+
+
+def mn_addresses(lab: Lab) -> list[str]:
+    out = lab.ip("mn", "-6", "-o", "addr", "show", "dev", "m6t0", check=False).stdout
+    return re.findall(r"inet6 (\S+)/128", out)
+
+
+def test_ping_through_the_tunnel(world: Lab) -> None:
+    result = connect(world)
+    assert result["state"] == "connected"
+    assert result["port"] == 3544
+    assert mn_addresses(world) == [result["address"]]
+    assert result["address"].startswith("fd6d:6d74:1:1:1:")
+    assert ping(world, count=5)
+    after = status(world)
+    assert after["tx_packets"] >= 5 and after["rx_packets"] >= 5
+
+
+def test_ike_like_udp_exchange_between_mn_and_home_agent(world: Lab) -> None:
+    world.start_udp_echo(500)
+    address = connect(world)["address"]
+    script = (
+        "import socket,sys;s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM);"
+        f"s.bind(('{address}',500));s.settimeout(3);"
+        f"s.sendto(bytes.fromhex('00112233445566778899'),('{world.addr.home_agent}',500));"
+        "d,a=s.recvfrom(100);print(d.hex(),a[0],a[1])")
+    out = world.run("mn", [sys.executable, "-c", script]).stdout.split()
+    assert out == ["99887766554433221100", world.addr.home_agent, "500"]
+
+
+def test_iperf3_through_the_tunnel(world: Lab) -> None:
+    world.start_iperf_server()
+    connect(world)
+    result = world.run("mn", ["iperf3", "-6", "-c", world.addr.home_agent, "-t", "2", "-J"],
+                       timeout=30)
+    report = json.loads(result.stdout)
+    received = report["end"]["sum_received"]["bits_per_second"]
+    assert received > 10e6  # at least 10 Mbit/s through the whole path
+    assert status(world)["drops"].get("not_for_us", 0) == 0
+
+
+def test_network_change_gives_new_address_and_traffic_flows(world: Lab) -> None:
+    old = connect(world)["address"]
+    assert ping(world)
+    started = time.monotonic()
+    world.roam()  # new IPv4 address and default route on mn
+    new = wait_for(lambda: (s := status(world))["state"] == "connected"
+                   and s["address"] != old and s["address"], 10, "a new tunnel address")
+    elapsed = time.monotonic() - started
+    assert elapsed < 5, f"took {elapsed:.1f}s"
+    assert mn_addresses(world) == [new]  # the old address is gone
+    history = status(world)["history"]
+    assert [h["reason"] for h in history] == ["connect", "network_changed"]
+    assert ping(world)
+
+
+def test_no_ipv4_network_waits_and_comes_back(world: Lab) -> None:
+    connect(world)
+    world.ip("mn", "route", "del", "default")
+    world.ip("mn", "addr", "flush", "dev", "eth0")
+    wait_for(lambda: status(world)["state"] == "waiting", 10, "state waiting")
+    assert status(world)["cause"] == "no_ipv4_network"
+    world.ip("mn", "addr", "add", f"{world.addr.mn}/24", "dev", "eth0")
+    world.ip("mn", "route", "add", "default", "via", world.addr.nat_lan)
+    wait_for(lambda: status(world)["state"] == "connected", 10, "reconnected")
+    assert ping(world)
+
+
+def test_nat_mapping_change_is_recovered_by_liveness(world: Lab) -> None:
+    old = connect(world, keepalive=2)["address"]
+    assert ping(world)
+    world.change_nat_mapping()
+    new = wait_for(lambda: (s := status(world))["state"] == "connected"
+                   and s["address"] != old and s["address"], 20, "a new address after the "
+                   "NAT changed its mapping")
+    assert status(world)["history"][-1]["reason"] == "nat_mapping_changed"
+    assert mn_addresses(world) == [new]
+    assert ping(world)
+
+
+def test_conntrack_flush_keeps_or_recovers_the_tunnel(world: Lab) -> None:
+    connect(world, keepalive=2)
+    world.flush_conntrack()
+    wait_for(lambda: ping(world, count=1, timeout=1), 20, "traffic after a conntrack flush")
+    assert status(world)["state"] == "connected"
+
+
+def test_blocked_first_port_falls_back_to_the_next(world: Lab) -> None:
+    world.set_nat_rules(extra="udp dport 3544 drop")
+    result = connect(world)
+    assert result["state"] == "connected"
+    assert result["port"] == 4500
+    assert result["cause"] == "port_fallback"
+    by_port = {p["port"]: p for p in result["ports"]}
+    assert by_port[3544]["reachable"] is False and by_port[4500]["reachable"] is True
+    assert ping(world)
+
+
+def test_all_ports_blocked_waits_as_gateway_unreachable(world: Lab) -> None:
+    world.set_nat_rules(extra="udp dport { 3544, 4500 } drop")
+    result = connect(world)
+    assert (result["state"], result["cause"]) == ("waiting", "gateway_unreachable")
+    world.set_nat_rules()
+    wait_for(lambda: status(world)["state"] == "connected", 15, "connected after unblocking")
+
+
+def test_probe_reports_every_port(world: Lab) -> None:
+    world.set_nat_rules(extra="udp dport 4500 drop")
+    with HelperClient(world.helper_socket) as client:
+        result = client.call("probe", profile=world.profile(ports=[3544, 4500]), timeout=1.5)
+    ports = {p["port"]: p for p in result["ports"]}
+    assert ports[3544]["reachable"] and ports[3544]["rtt_ms"] > 0
+    assert not ports[4500]["reachable"]
+    with HelperClient(world.helper_socket) as client:
+        assert client.call("status")["tunnels"] == []  # probing connects nothing
+
+
+def test_lower_link_mtu_on_the_path(world: Lab) -> None:
+    """DF is never set: with a 1400-byte link between NAT and gateway, full-size tunnel packets
+    are fragmented on the IPv4 path and still arrive; the MTU probe says so."""
+    world.ip("nat", "link", "set", "wan", "mtu", "1400")
+    world.ip("gw", "link", "set", "wan", "mtu", "1400")
+    connect(world)
+    assert ping(world, count=2, size=1472 - 48)  # a 1472-byte IPv6 packet
+    with HelperClient(world.helper_socket) as client:
+        report = client.call("probe_mtu", profile="lab")
+    assert report["mtu"] == 1472
+    assert report["fragments_pass"] is True
+
+
+def test_fragments_dropped_on_the_path_are_reported(world: Lab) -> None:
+    world.set_nat_rules(before_defrag="ip frag-off & 0x3fff != 0 drop")
+    connect(world)
+    with HelperClient(world.helper_socket) as client:
+        report = client.call("probe_mtu", profile="lab")
+    assert report["fragments_pass"] is False
+    assert report["mtu"] == 1472  # unfragmented full-size packets still pass
+
+
+def test_fragmentation_needed_lowers_the_tunnel_mtu(world: Lab) -> None:
+    connect(world)
+    sockets = world.run("mn", ["ss", "-Huan"]).stdout
+    ports = [int(m) for m in re.findall(r"0\.0\.0\.0:(\d+)", sockets)]
+    assert len(ports) == 1, sockets  # the tunnel's UDP socket is the only one in mn
+    port = ports[0]
+    # A router on the LAN side reports that our datagram to the gateway did not fit in 1400.
+    inject = (
+        "import socket,struct\n"
+        "from m6t.protocol.packets import internet_checksum as c\n"
+        "def ip(src,dst,p,payload):\n"
+        "    h=struct.pack('!BBHHHBBH4s4s',0x45,0,20+len(payload),1,0,64,p,0,"
+        "socket.inet_aton(src),socket.inet_aton(dst))\n"
+        "    return h[:10]+struct.pack('!H',c(h))+h[12:]+payload\n"
+        f"inner=ip('{world.addr.mn}','{world.addr.gw_wan}',17,"
+        f"struct.pack('!HHHH',{port},3544,1480,0))\n"
+        "m=struct.pack('!BBHHH',3,4,0,0,1400)+inner\n"
+        "m=m[:2]+struct.pack('!H',c(m))+m[4:]\n"
+        "r=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_ICMP)\n"
+        f"r.sendto(m,('{world.addr.mn}',0))\n")
+    world.run("nat", [sys.executable, "-c", inject])
+    wait_for(lambda: status(world)["mtu"] == 1372, 5, "the tunnel MTU to drop to 1400 - 28")
+    assert "mtu 1372" in world.ip("mn", "link", "show", "m6t0").stdout
+
+
+def test_several_tunnels_have_distinct_suffixes(world: Lab) -> None:
+    first = connect(world)
+    second = connect(world, name="second")
+    assert {first["name"], second["name"]} == {"m6t0", "m6t1"}
+    assert first["suffix"] != second["suffix"]
+    with HelperClient(world.helper_socket) as client:
+        assert len(client.call("status")["tunnels"]) == 2
+
+
+def test_regenerate_and_set_mtu(world: Lab) -> None:
+    old = connect(world)["address"]
+    with HelperClient(world.helper_socket) as client:
+        regenerated = client.call("regenerate", profile="lab")
+        assert regenerated["address"] != old and regenerated["state"] == "connected"
+        assert regenerated["history"][-1]["reason"] == "user_request"
+        assert client.call("set_mtu", profile="lab", mtu=1400)["mtu"] == 1400
+    assert "mtu 1400" in world.ip("mn", "link", "show", "m6t0").stdout
+    assert ping(world)
+
+
+def test_subscribe_gets_state_then_events(world: Lab) -> None:
+    with HelperClient(world.helper_socket) as watcher:
+        assert watcher.call("subscribe") == {"tunnels": [], "access": "read-write"}
+        connect(world)
+        events: list[dict[str, Any]] = []
+        for event in watcher.events():
+            events.append(event)
+            if event["type"] == "traffic":
+                break
+    kinds = [e["type"] for e in events]
+    assert "state" in kinds and "address" in kinds
+    assert any(e["type"] == "state" and e["state"] == "connected" for e in events)
+
+
+def test_sigterm_tears_everything_down(world: Lab) -> None:
+    connect(world)
+    assert world.stop(world.helper_process, signal.SIGTERM) == 0
+    assert "m6t0" not in world.ip("mn", "link").stdout
+    assert "fd48:4100::2" not in world.ip("mn", "-6", "route").stdout
+    assert not os.path.exists(world.helper_socket)
+
+
+def test_sigkill_then_restart_leaves_the_host_as_before(world: Lab) -> None:
+    before_routes = world.ip("mn", "-6", "route").stdout
+    world.ip("mn", "tuntap", "add", "m6t7", "mode", "tun")  # a persistent leftover
+    connect(world)
+    world.stop(world.helper_process, signal.SIGKILL)
+    assert os.path.exists(world.helper_socket)  # a stale socket file stays behind
+    world.start_helper()  # replaces the stale socket, removes leftovers
+    links = world.ip("mn", "link").stdout
+    assert "m6t0" not in links and "m6t7" not in links
+    assert world.ip("mn", "-6", "route").stdout == before_routes
+    assert connect(world)["state"] == "connected"
+    assert ping(world)
+
+
+def test_a_second_helper_does_not_steal_the_socket(world: Lab) -> None:
+    second = world.run("mn", [sys.executable, "-m", "m6t_helper", "--socket",
+                              world.helper_socket], check=False, timeout=20)
+    assert second.returncode == 1
+    assert "another m6t-helper is running" in second.stderr
+    with HelperClient(world.helper_socket) as client:
+        assert client.call("version")["api"] == 1
+
+
+def _as_user(uid: int, gid: int, path: str, calls: list[tuple[str, dict[str, Any]]]
+             ) -> list[Any]:
+    """Run control calls from a forked process with another uid/gid (SO_PEERCRED sees it)."""
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child, which must never return to pytest
+        out: list[Any] = []
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            with HelperClient(path) as client:
+                for method, params in calls:
+                    try:
+                        out.append(["ok", client.call(method, **params)])
+                    except HelperError as exc:
+                        out.append([type(exc).__name__, str(exc)])
+        except HelperError as exc:
+            out.append([type(exc).__name__, str(exc)])
+        except BaseException as exc:
+            out.append(["crash", repr(exc)])
+        finally:
+            try:
+                os.write(write_end, json.dumps(out).encode())
+            finally:
+                os._exit(0)
+    os.close(write_end)
+    data = b""
+    while chunk := os.read(read_end, 65536):
+        data += chunk
+    os.close(read_end)
+    os.waitpid(child, 0)
+    return list(json.loads(data))
+
+
+def test_a_user_outside_the_group_gets_read_only(world: Lab) -> None:
+    os.chmod(world.workdir, 0o755)
+    nobody = 65534
+    results = _as_user(nobody, nobody, world.helper_socket,
+                       [("status", {}), ("connect", {"profile": world.profile()})])
+    assert results[0][0] == "ok" and results[0][1]["access"] == "read-only"
+    assert results[1][0] == "PermissionDenied" and "join group m6t" in results[1][1]
+    with HelperClient(world.helper_socket) as client:
+        assert client.call("status")["tunnels"] == []
+
+
+def test_group_members_may_connect_and_others_none_closes(lab: Lab) -> None:
+    lab.start_gateway()
+    os.chmod(lab.workdir, 0o755)
+    lab.start_helper("--group", "nogroup", "--others", "none")
+    nobody = 65534  # primary group nogroup: a member
+    results = _as_user(nobody, nobody, lab.helper_socket, [("connect", {"profile": lab.profile()})])
+    assert results[0][0] == "ok" and results[0][1]["state"] == "connected"
+    daemon_user = 1  # not in nogroup, and others get nothing
+    results = _as_user(daemon_user, daemon_user, lab.helper_socket, [("status", {})])
+    assert results[0][0] in ("HelperNotRunning", "PermissionDenied")
+
+
+MALFORMED = [
+    (b"this is not json\n", -32700),
+    (b"[1, 2, 3]\n", -32600),
+    (b'{"jsonrpc": "1.0", "id": 1, "method": "status"}\n', -32600),
+    (b'{"jsonrpc": "2.0", "id": 2, "method": "no_such_method"}\n', -32601),
+    (b'{"jsonrpc": "2.0", "id": 3, "method": "connect", "params": {"profile": 5}}\n', -32602),
+    (b'{"jsonrpc": "2.0", "id": 4, "method": "connect", "params": {"profile": {"name": "x", '
+     b'"gateway": "198.51.100.1", "ports": [3544], "prefix": "fd00::/64", '
+     b'"home_agent": "fd48:4100::2"}}}\n', -32602),
+    (b'{"jsonrpc": "2.0", "id": 5, "method": "set_mtu", "params": {"profile": "lab", '
+     b'"mtu": "big"}}\n', -32602),
+    (b'{"jsonrpc": "2.0", "id": 6, "method": "disconnect", "params": {"profile": "nope"}}\n',
+     -32002),
+    (b"\xff\xfe\x00garbage\n", -32700),
+]
+
+
+def _raw_exchange(path: str, data: bytes, timeout: float = 5) -> bytes:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(path)
+    try:
+        sock.sendall(data)
+        received = b""
+        while not received.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        return received
+    finally:
+        sock.close()
+
+
+def test_malformed_messages_get_errors_and_tunnels_keep_running(world: Lab) -> None:
+    connect(world)
+    for data, code in MALFORMED:
+        reply = json.loads(_raw_exchange(world.helper_socket, data))
+        assert reply["error"]["code"] == code, (data, reply)
+    # An oversize line: an error, then the connection is closed.
+    reply = _raw_exchange(world.helper_socket, b"x" * (70 * 1024) + b"\n")
+    assert json.loads(reply)["error"]["code"] == -32600
+    assert status(world)["state"] == "connected"
+    assert ping(world)
+
+
+def test_unfinished_line_and_connection_flood_are_bounded(lab: Lab) -> None:
+    lab.start_gateway()
+    lab.start_helper("--line-timeout", "1")
+    connect(lab)
+    slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    slow.connect(lab.helper_socket)
+    slow.sendall(b'{"jsonrpc": "2.0", "id": 1, "meth')
+    slow.settimeout(5)
+    started = time.monotonic()
+    assert slow.recv(100) == b""  # closed by the helper
+    assert time.monotonic() - started < 4
+    slow.close()
+    flood = []
+    for _ in range(200):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(lab.helper_socket)
+        flood.append(s)
+    try:
+        assert ping(lab)
+        served = 0
+        for s in flood:
+            s.settimeout(2)
+            try:
+                s.sendall(b'{"jsonrpc": "2.0", "id": 1, "method": "version"}\n')
+                if s.recv(1000):
+                    served += 1
+            except OSError:
+                pass  # closed by the helper: over the connection limit
+        assert 0 < served <= 64
+    finally:
+        for s in flood:
+            s.close()
+    with HelperClient(lab.helper_socket) as client:
+        assert client.call("version")["api"] == 1
+    assert status(lab)["state"] == "connected"
+
+
+def test_helper_not_running_is_a_clear_error(tmp_path: Any) -> None:
+    with pytest.raises(HelperNotRunning, match="start m6t-helper"):
+        HelperClient(str(tmp_path / "absent.sock"))
+
