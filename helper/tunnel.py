@@ -61,6 +61,8 @@ HISTORY = 50
 MAX_BACKOFF = 60.0
 MTU_PROBE_WAIT = 1.5
 RACE_REPORT_GRACE = 0.25
+RESUME_WINDOW = 30.0
+ADDRESS_CHANGE_REASONS = ("network_changed", "nat_mapping_changed", "user_request", "resume")
 
 
 class HelperContext(Protocol):
@@ -193,6 +195,7 @@ class Tunnel:
         self._probe_identifier = secrets.randbits(16)
         self._keepalive_sent_at: float | None = None
         self._task: asyncio.Task[None] | None = None
+        self._resumed_at = -RESUME_WINDOW
         self.last_error: str | None = None
 
     # --- status ---
@@ -274,8 +277,10 @@ class Tunnel:
         self._wake.set()
 
     def resumed(self) -> None:
-        self.liveness.check_now(time.monotonic())
-        self._reason = self._reason or None
+        """Back from suspend: the NAT has probably forgotten us. Probe at once; if the path
+        turns out dead, the new address is attributed to the resume."""
+        self._resumed_at = time.monotonic()
+        self.liveness.check_now(self._resumed_at)
         self._wake.set()
 
     async def _run(self) -> None:
@@ -332,8 +337,13 @@ class Tunnel:
         self.route = route
         self._install(outcome, gateway, reason)
         first = self.profile.ports[0]
-        self._set_state("connected", "port_race_won" if outcome.port == first or
-                        any(p.reachable and p.port == first for p in ports) else "port_fallback")
+        if not any(p.reachable and p.port == first for p in ports):
+            cause = "port_fallback"  # the preferred port did not answer: say so
+        elif reason in ADDRESS_CHANGE_REASONS:
+            cause = reason  # connected again, with a new address, because of this
+        else:
+            cause = "port_race_won"
+        self._set_state("connected", cause)
         return True
 
     def _install(self, outcome: RaceOutcome, gateway: str, reason: str) -> None:
@@ -380,6 +390,9 @@ class Tunnel:
             if action is Liveness.SEND_KEEPALIVE:
                 self._send_keepalive()
             elif action is Liveness.PATH_DEAD:
+                if time.monotonic() - self._resumed_at < RESUME_WINDOW:
+                    log.warning("%s: path dead after resume", self.name)
+                    return "resume"
                 log.warning("%s: no answer from the gateway: NAT mapping probably changed",
                             self.name)
                 return "nat_mapping_changed"
