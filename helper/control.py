@@ -286,8 +286,8 @@ class ControlServer:
                                f"(known: {', '.join(sorted(self.methods))})")
             if method.writes and not connection.can_write:
                 raise RpcError(schema.PERMISSION_DENIED,
-                               f"permission denied: {request.method} needs root or membership "
-                               f"of group {self.group} (join group {self.group})")
+                               f"permission denied: join group {self.group} ({request.method} "
+                               "needs root or membership of that group)")
             params: Any = None
             if method.params is not None:
                 params = _decode_params(request.params, method.params)

@@ -34,6 +34,10 @@ class HelperNotRunning(HelperError):
     pass
 
 
+class ProtocolError(HelperError):
+    """The other end does not speak the control API (garbage, oversize line)."""
+
+
 class PermissionDenied(HelperError):
     code = schema.PERMISSION_DENIED
 
@@ -72,12 +76,12 @@ class HelperClient:
             self._sock.connect(self.path)
         except FileNotFoundError:
             self._sock.close()
-            raise HelperNotRunning(f"helper not running (no socket at {self.path}): "
-                                   "start m6t-helper") from None
+            raise HelperNotRunning(f"helper not running: start m6t-helper (no socket at "
+                                   f"{self.path})") from None
         except ConnectionRefusedError:
             self._sock.close()
-            raise HelperNotRunning(f"helper not running (stale socket {self.path}): "
-                                   "start m6t-helper") from None
+            raise HelperNotRunning(f"helper not running: start m6t-helper (stale socket "
+                                   f"{self.path})") from None
         except PermissionError:
             self._sock.close()
             raise PermissionDenied(f"permission denied on {self.path}: join group m6t "
@@ -102,13 +106,22 @@ class HelperClient:
         self.close()
 
     def _read_message(self) -> dict[str, Any]:
-        line = self._reader.readline(schema.MAX_LINE_BYTES + 1)
+        try:
+            line = self._reader.readline(schema.MAX_LINE_BYTES + 1)
+        except (ConnectionResetError, BrokenPipeError):
+            line = b""
         if not line:
             raise HelperNotRunning("the helper closed the connection (was it stopped or "
                                    "restarted?)")
-        message = msgspec.json.decode(line)
+        if not line.endswith(b"\n"):
+            raise ProtocolError(f"a line longer than {schema.MAX_LINE_BYTES} bytes",
+                                {"socket": self.path})
+        try:
+            message = msgspec.json.decode(line)
+        except msgspec.DecodeError:
+            raise ProtocolError(f"not JSON: {line[:80]!r}", {"socket": self.path}) from None
         if not isinstance(message, dict):
-            raise HelperError(f"unexpected message from helper: {line[:200]!r}")
+            raise ProtocolError(f"not a JSON object: {line[:80]!r}", {"socket": self.path})
         return message
 
     def call(self, method: str, **params: Any) -> Any:
@@ -116,7 +129,11 @@ class HelperClient:
         request = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params:
             request["params"] = params
-        self._sock.sendall(_encoder.encode(request) + b"\n")
+        try:
+            self._sock.sendall(_encoder.encode(request) + b"\n")
+        except (ConnectionResetError, BrokenPipeError):
+            raise HelperNotRunning("the helper closed the connection (was it stopped or "
+                                   "restarted?)") from None
         while True:
             message = self._read_message()
             if message.get("id") != request_id:

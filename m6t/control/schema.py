@@ -169,7 +169,12 @@ def profile_from_dict(data: Any) -> Profile:
         profile = msgspec.convert(data, Profile)
     except msgspec.ValidationError as exc:
         message = str(exc)
-        field = message.rpartition("$.")[2].rstrip("`") if "$." in message else "profile"
+        if "$." in message:
+            field = message.rpartition("$.")[2].rstrip("`").partition("[")[0]
+        elif found := re.search(r"(?:missing required|unknown) field `(\w+)`", message):
+            field = found.group(1)
+        else:
+            field = "profile"
         raise ProfileError(field, message) from None
     return validate_profile(profile)
 

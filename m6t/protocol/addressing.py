@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from m6t.protocol.constants import (
     MN_ID_BITS,
+    NTP_UNIX_OFFSET,
     RANDOM_SUFFIX_BITS,
     SUBNET_ID_BITS,
     TUNNEL_PREFIX_LENGTH,
@@ -36,6 +37,21 @@ _ULA_NETWORK = ipaddress.IPv6Network("fc00::/7")
 
 class AddressingError(ValueError):
     """A prefix, ID or address that the m6t addressing plan cannot accept."""
+
+
+def ntp_timestamp(unix_time: float) -> int:
+    """The 64-bit NTP format RFC 4193 hashes: 32 bits of seconds (era-wrapped), 32 of fraction.
+    The caller reads the clock; this only converts."""
+    seconds = int(unix_time)
+    fraction = min(int((unix_time - seconds) * 2**32), 2**32 - 1)
+    return ((seconds + NTP_UNIX_OFFSET) % 2**32) << 32 | fraction
+
+
+def eui64_from_mac(mac: bytes) -> bytes:
+    """RFC 4291 appendix A (which RFC 4193 points to): insert FFFE, flip the U/L bit."""
+    if len(mac) != 6:
+        raise AddressingError("a MAC address is 6 bytes")
+    return bytes([mac[0] ^ 0x02]) + mac[1:3] + b"\xff\xfe" + mac[3:6]
 
 
 def rfc4193_global_id(ntp_timestamp: int, eui64: bytes) -> int:

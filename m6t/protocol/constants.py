@@ -31,6 +31,10 @@ RANDOM_SUFFIX_BITS: Final = 48
 ULA_FIRST_BYTE: Final = 0xFD
 ULA_GLOBAL_ID_BITS: Final = 40
 
+# RFC 5905: NTP counts seconds from 1900-01-01, Unix time from 1970-01-01 (RFC 4193 hashes
+# an NTP timestamp).
+NTP_UNIX_OFFSET: Final = 2_208_988_800
+
 # "UDP port to use on the tunnel GW": no IANA port; STUN 3478, Teredo 3544, and ports usually
 # let through filters (4500, 500, 53) are the draft's suggestions.
 SUGGESTED_PORTS: Final = (3544, 4500, 3478, 500, 53)
