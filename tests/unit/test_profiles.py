@@ -94,7 +94,8 @@ def test_a_corrupt_file_is_reported_and_never_written_over(
     [
         ('mtu = 1000\n', "profile office: mtu: 1000 is outside 1280-65507"),
         ('mtu = "big"\n', "profile office: mtu: Invalid enum value 'big'"),
-        ('ports = ["3544"]\n', "profile office: ports: Expected `int`, got `str` - at `$.ports[0]`"),
+        ('ports = ["3544"]\n',
+         "profile office: ports: Expected `int`, got `str` - at `$.ports[0]`"),
         ('keepalive = 45\n', "profile office: keepalive: 45 s is outside 1-30 s"),
         ('routes = "everything"\n', "profile office: routes: Invalid enum value 'everything'"),
         ('colour = "blue"\n', "profile office: colour: Object contains unknown field `colour`"),
