@@ -157,7 +157,7 @@ class Pump:
                 if (data.startswith(address, 24) and len(data) >= IPV6_HEADER_LENGTH
                         and data[0] >> 4 == 6 and (data[4] << 8 | data[5]) + 40 == len(data)
                         and data[6] != NEXT_HEADER_NONE
-                        and not (data[6] == 58 and data[40] == 129)):
+                        and not (data[6] == 58 and data.startswith(b"\x81", 40))):
                     kind: Inbound | DropReason = Inbound.TO_TUN
                 else:
                     kind = classify_from_gateway(data, address)

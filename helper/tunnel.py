@@ -103,7 +103,8 @@ async def race_ports(loop: asyncio.AbstractEventLoop, gateway: str, profile: Pro
                     timeout=timeout)
     sockets: dict[int, socket.socket] = {}
     errors: dict[int, str] = {}
-    winner: asyncio.Future[int] = loop.create_future()
+    answered: list[int] = []  # ports in the order their answers came
+    progress = asyncio.Event()
 
     def readable(port: int, sock: socket.socket) -> None:
         while True:
@@ -116,10 +117,9 @@ async def race_ports(loop: asyncio.AbstractEventLoop, gateway: str, profile: Pro
                 return
             if sender != (gateway, port):
                 continue
-            if race.receive(port, data, loop.time()) is not None and not winner.done():
-                winner.set_result(port)
-            if not first_wins and race.finished(loop.time()) and not winner.done():
-                winner.set_result(port)
+            if race.receive(port, data, loop.time()) is not None:
+                answered.append(port)
+                progress.set()
 
     try:
         for port in profile.ports:
@@ -132,36 +132,36 @@ async def race_ports(loop: asyncio.AbstractEventLoop, gateway: str, profile: Pro
                     sockets[port].sendto(packet, (gateway, port))
                 except OSError as exc:
                     errors[port] = exc.strerror or str(exc)
+            progress.clear()
             wait = max(0.0, race.next_deadline() - loop.time())
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(winner), wait)
-            if winner.done() and first_wins:
+                await asyncio.wait_for(progress.wait(), wait)
+            if answered and first_wins:
                 # The winner is decided; give the others a moment to answer so the report of
                 # which ports work is honest, without delaying the tunnel noticeably.
                 grace = loop.time() + RACE_REPORT_GRACE
                 while not race.finished(loop.time()) and loop.time() < grace:
-                    await asyncio.sleep(0.02)
+                    progress.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(progress.wait(), grace - loop.time())
                 break
         results = [PortProbe(port=c.port, reachable=c.rtt is not None,
                              rtt_ms=None if c.rtt is None else round(c.rtt * 1000, 3),
                              error=None if c.rtt is not None else errors.get(c.port, "no answer"))
                    for c in race.candidates.values()]
-        if not first_wins or not winner.done():
+        if not first_wins or not answered:
             return None, results
-        port = winner.result()
-        won = race.candidates[port]
+        won = race.candidates[answered[0]]
         assert won.rtt is not None
-        return RaceOutcome(port, won.suffix, won.address, sockets[port], won.rtt,
+        return RaceOutcome(won.port, won.suffix, won.address, sockets[won.port], won.rtt,
                            results), results
     finally:
-        kept = winner.result() if first_wins and winner.done() else None
+        kept = answered[0] if first_wins and answered else None
         for port, sock in sockets.items():
             with contextlib.suppress(ValueError, OSError):
                 loop.remove_reader(sock.fileno())  # the winner's is read by its pump from now on
             if port != kept:
                 sock.close()
-        if not winner.done():
-            winner.cancel()
 
 
 class Tunnel:

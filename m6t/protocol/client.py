@@ -24,6 +24,8 @@ from m6t.protocol.constants import (
 from m6t.protocol.drops import DropReason
 from m6t.protocol.packets import build_echo, check_ipv6, parse_echo
 
+_ECHO_REPLY_TYPE = bytes([ICMPV6_ECHO_REPLY])
+
 # Probes carry this marker so an application's own ping to the HA is never mistaken for ours.
 PROBE_MARKER = b"m6t-probe"
 
@@ -49,7 +51,8 @@ def classify_from_gateway(packet: bytes, address: bytes) -> Inbound | DropReason
         return Inbound.KEEPALIVE_REPLY
     if packet[24:40] != address:
         return DropReason.NOT_FOR_US
-    if (packet[6] == NEXT_HEADER_ICMPV6 and packet[IPV6_HEADER_LENGTH] == ICMPV6_ECHO_REPLY
+    if (packet[6] == NEXT_HEADER_ICMPV6
+            and packet.startswith(_ECHO_REPLY_TYPE, IPV6_HEADER_LENGTH)
             and packet.startswith(PROBE_MARKER, IPV6_HEADER_LENGTH + 8)):
         return Inbound.PROBE_REPLY
     return Inbound.TO_TUN
@@ -61,7 +64,8 @@ def check_from_tun(packet: bytes, address: bytes) -> DropReason | None:
     reason = check_ipv6(packet)
     if reason is not None:
         return reason
-    if packet[24] == 0xFF or packet.startswith(b"\xfe\x80", 8) or packet[8:24] == bytes(16):
+    link_local = packet[8] == 0xFE and packet[9] & 0xC0 == 0x80  # fe80::/10
+    if packet[24] == 0xFF or link_local or packet[8:24] == bytes(16):
         return DropReason.UNEXPECTED_FROM_TUN
     if packet[8:24] != address:
         return DropReason.SRC_NOT_OURS
@@ -122,8 +126,9 @@ class PortRace:
         """(port, packet) to send now: first attempts, then retransmissions."""
         out = []
         for candidate in self.candidates.values():
-            if candidate.rtt is None and (candidate.attempts == 0 or
-                                          now - candidate.sent_at >= self.retransmit):
+            if candidate.rtt is None and (
+                    candidate.attempts == 0
+                    or now >= candidate.sent_at + self.retransmit * candidate.attempts):
                 if candidate.attempts == 0:
                     candidate.sent_at = now
                 candidate.attempts += 1
@@ -184,6 +189,7 @@ class LivenessMonitor:
     probe_sent: float | None = None
     probes: int = 0
     jitter: float = 0.0
+    force: bool = False
 
     def __post_init__(self) -> None:
         self._draw_jitter()
@@ -198,8 +204,10 @@ class LivenessMonitor:
         self.probes = 0
 
     def next_deadline(self) -> float:
-        if self.probe_sent is not None:
+        if self.probe_sent is not None and self.last_received < self.probe_sent:
             return self.probe_sent + self.probe_timeout
+        if self.force or self.probe_sent is not None:
+            return self.last_sent  # due now: a forced probe, or an answer to take note of
         # Nothing received for an interval covers the draft's rule (nothing sent *and*
         # received) and also probes a path on which we only send.
         return self.last_received + self.keepalive - self.jitter
@@ -216,7 +224,8 @@ class LivenessMonitor:
                 return self._send(now)
             else:
                 return Liveness.IDLE
-        if now >= self.next_deadline():
+        if self.force or now >= self.next_deadline():
+            self.force = False
             return self._send(now)
         return Liveness.IDLE
 
@@ -227,9 +236,9 @@ class LivenessMonitor:
         return Liveness.SEND_KEEPALIVE
 
     def check_now(self, now: float) -> None:
-        """Probe at the next poll (after a resume from suspend, say)."""
-        self.last_received = min(self.last_received, now - self.keepalive)
-        self.last_sent = min(self.last_sent, self.last_received)
+        """Probe at the next poll (after a resume from suspend, say), unless a probe is on its
+        way already. Timestamps are left alone: an answer already received still counts."""
+        self.force = True
 
 
 # --- MTU ---
