@@ -156,11 +156,14 @@ class GatewayPolicy:
 
 
 class TunnelState:
-    """One binding. Deliberately tiny (no key, no kind: the table it sits in says which)."""
+    """One binding. Deliberately tiny (no kind: the table it sits in says which). `address`
+    is the very bytes object used as the key in the table and the expiry wheel, so a state
+    holds its 16 bytes once however it moves between tables."""
 
-    __slots__ = ("expires_at", "peer")
+    __slots__ = ("address", "expires_at", "peer")
 
-    def __init__(self, peer: Peer, expires_at: float) -> None:
+    def __init__(self, address: bytes, peer: Peer, expires_at: float) -> None:
+        self.address = address
         self.peer = peer
         self.expires_at = expires_at
 
@@ -285,7 +288,7 @@ class Gateway:
         if not self._new_states.take(peer >> 24, now):
             return self._drop(DropReason.RATE_LIMITED)
         expires_at = now + self.policy.temporary_lifetime
-        self._temporary[src] = TunnelState(peer, expires_at)
+        self._temporary[src] = TunnelState(src, peer, expires_at)
         self._file(src, expires_at)
         return FORWARD
 
@@ -310,7 +313,7 @@ class Gateway:
             if packet[8:24] not in self._home_agents:
                 return self._drop(DropReason.NOT_FROM_HOME_AGENT)
             del self._temporary[dst]
-            self._active[dst] = state
+            self._active[state.address] = state
         state.expires_at = now + self.policy.active_lifetime
         if self._client_mtu and len(packet) > self._client_mtu.get(state.peer, 65535):
             return self._packet_too_big(packet, self._client_mtu[state.peer], now)

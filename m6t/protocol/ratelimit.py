@@ -1,8 +1,11 @@
 """Token buckets keyed by source, bounded in memory.
 
 "Creation of such states should also be rate-limited on a per IPv4 address basis (not
-considering the source port)" (Against the GW). A bucket that has refilled is the same as no
-bucket, so full buckets are forgotten; that bounds the table under a spoofed-source flood.
+considering the source port)" (Against the GW). Each bucket is one float: the time at which it
+will be full again. That makes the same decisions as counting tokens (a bucket that is full at
+`full_at` holds `burst - (full_at - now) * rate` tokens now) at a fraction of the memory. A
+bucket that has refilled is the same as no bucket, so refilled ones are forgotten; that bounds
+the table under a spoofed-source flood.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from collections.abc import Hashable
 
 
 class TokenBuckets:
-    __slots__ = ("_buckets", "burst", "max_sources", "rate")
+    __slots__ = ("_full_at", "burst", "interval", "max_sources", "rate", "window")
 
     def __init__(self, rate: float, burst: float, max_sources: int) -> None:
         if rate <= 0 or burst < 1 or max_sources < 1:
@@ -19,35 +22,34 @@ class TokenBuckets:
         self.rate = rate
         self.burst = float(burst)
         self.max_sources = max_sources
-        # source -> [tokens, time of last update]; a list so one lookup updates both in place.
-        self._buckets: dict[Hashable, list[float]] = {}
+        self.interval = 1.0 / rate  # what one token costs, in time to refill
+        self.window = (self.burst - 1.0) / rate  # how far ahead `full_at` may run
+        self._full_at: dict[Hashable, float] = {}
 
     def take(self, source: Hashable, now: float) -> bool:
         """Spend one token of `source`; False when its budget is exhausted."""
-        bucket = self._buckets.get(source)
-        if bucket is None:
-            if len(self._buckets) >= self.max_sources:
+        full_at = self._full_at.get(source)
+        if full_at is None:
+            if len(self._full_at) >= self.max_sources:
                 self.forget_refilled(now)
-                if len(self._buckets) >= self.max_sources:
+                if len(self._full_at) >= self.max_sources:
                     return False
-            self._buckets[source] = [self.burst - 1.0, now]
+            self._full_at[source] = now + self.interval
             return True
-        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
-        bucket[1] = now
-        if tokens < 1.0:
-            bucket[0] = tokens
+        if full_at < now:
+            full_at = now
+        if full_at - now > self.window:
             return False
-        bucket[0] = tokens - 1.0
+        self._full_at[source] = full_at + self.interval
         return True
 
     def forget_refilled(self, now: float) -> int:
-        """Drop buckets that are full again; returns how many."""
-        burst, rate = self.burst, self.rate
-        refilled = [source for source, (tokens, stamp) in self._buckets.items()
-                    if tokens + (now - stamp) * rate >= burst]
-        for source in refilled:
-            del self._buckets[source]
-        return len(refilled)
+        """Drop buckets that are full again; returns how many. The dict is rebuilt, since a
+        dict never gives back the table it grew for a flood."""
+        before = len(self._full_at)
+        self._full_at = {source: full_at for source, full_at in self._full_at.items()
+                         if full_at > now}
+        return before - len(self._full_at)
 
     def __len__(self) -> int:
-        return len(self._buckets)
+        return len(self._full_at)
