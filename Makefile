@@ -6,7 +6,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-unit test-netns lint demo bench clean
+.PHONY: setup test test-unit test-netns test-packaging lint demo bench deb clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml scripts/setup-system
 
 # The whole suite, network-namespace tests included; in it a skipped netns test is a failure.
 test: setup
-	M6T_REQUIRE_NETNS=1 $(PY) -m pytest -q tests
+	M6T_REQUIRE_NETNS=1 $(PY) -m pytest -q tests --ignore=tests/packaging
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit
@@ -37,5 +37,19 @@ demo: setup
 bench: setup
 	$(PY) bench/state_table.py
 
+# Debian packages m6t and m6t-desktop in dist/ (a private venv under /opt/m6t).
+DEB_VERSION ?=
+deb:
+	./scripts/setup-system
+	packaging/build-deb $(if $(DEB_VERSION),--version $(DEB_VERSION))
+
+# Slow (1-3 min), root, a Debian mirror: builds the packages, then installs, boots, upgrades
+# and purges them in a debootstrapped Debian 12 root.
+test-packaging: setup
+	command -v debootstrap >/dev/null && command -v systemd-nspawn >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends debootstrap systemd-container >/dev/null; }
+	M6T_TEST_PACKAGING=1 $(PY) -m pytest -q tests/packaging
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
