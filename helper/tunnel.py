@@ -109,27 +109,25 @@ async def race_ports(loop: asyncio.AbstractEventLoop, gateway: str, profile: Pro
     def readable(port: int, sock: socket.socket) -> None:
         while True:
             try:
-                data, sender = sock.recvfrom(65535)
+                data = sock.recv(65535)  # connected: the kernel lets only the gateway in
             except BlockingIOError:
                 return
             except OSError as exc:
                 errors[port] = exc.strerror or str(exc)
                 return
-            if sender != (gateway, port):
-                continue
             if race.receive(port, data, loop.time()) is not None:
                 answered.append(port)
                 progress.set()
 
     try:
         for port in profile.ports:
-            sock = open_tunnel_socket()
+            sock = open_tunnel_socket(connect=(gateway, port))
             sockets[port] = sock
             loop.add_reader(sock.fileno(), readable, port, sock)
         while not race.finished(loop.time()):
             for port, packet in race.due(loop.time()):
                 try:
-                    sockets[port].sendto(packet, (gateway, port))
+                    sockets[port].send(packet)
                 except OSError as exc:
                     errors[port] = exc.strerror or str(exc)
             progress.clear()
@@ -426,7 +424,7 @@ class Tunnel:
         target = pump.target
         self._keepalive_sent_at = time.monotonic()
         with contextlib.suppress(OSError):
-            target.sock.sendto(build_keepalive(self.address), target.gateway)
+            target.sock.send(build_keepalive(self.address))
 
     # --- packets the pump hands over (called in a pump thread) ---
 
@@ -491,7 +489,7 @@ class Tunnel:
                 packet = build_probe(self.address, self.home_agent, self._probe_identifier,
                                      size, size)
                 with contextlib.suppress(OSError):
-                    target.sock.sendto(packet, target.gateway)
+                    target.sock.send(packet)
             # One echo in hand-made IPv4 fragments, from the tunnel socket's own port.
             probe = build_probe(self.address, self.home_agent, self._probe_identifier,
                                 fragment_sequence, IPV6_MINIMUM_MTU)

@@ -31,7 +31,6 @@ class DropReason(enum.StrEnum):
     TOO_BIG = "too_big"  # larger than the client's path MTU (a Packet Too Big was sent)
 
     # Client helper.
-    NOT_FROM_GATEWAY = "not_from_gateway"  # datagram from another IPv4 address or port
     NOT_FOR_US = "not_for_us"  # IPv6 destination is not our tunnel address
     SRC_NOT_OURS = "src_not_ours"  # packet from the TUN with a source that is not our address
     UNEXPECTED_FROM_TUN = "unexpected_from_tun"  # kernel chatter (RS, MLD) the tunnel never carries

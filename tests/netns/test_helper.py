@@ -189,8 +189,9 @@ def test_fragments_dropped_on_the_path_are_reported(world: Lab) -> None:
 def test_fragmentation_needed_lowers_the_tunnel_mtu(world: Lab) -> None:
     connect(world)
     sockets = world.run("mn", ["ss", "-Huan"]).stdout
-    ports = [int(m) for m in re.findall(r"0\.0\.0\.0:(\d+)", sockets)]
-    assert len(ports) == 1, sockets  # the tunnel's UDP socket is the only one in mn
+    # The tunnel's UDP socket, connected to the gateway: the only one in mn.
+    ports = [int(m) for m in re.findall(r":(\d+)\s+198\.51\.100\.1:3544", sockets)]
+    assert len(ports) == 1, sockets
     port = ports[0]
     # A router on the LAN side reports that our datagram to the gateway did not fit in 1400.
     inject = (
