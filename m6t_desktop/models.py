@@ -1,0 +1,667 @@
+"""The app's state, fed by the helper connection and read by every widget.
+
+`AppState` is the one source of truth: the link to the helper, the tunnels the helper reports,
+which one is shown, what went wrong and what to do about it. Around it sit the Qt models that
+the status window renders: the event log, the address history, the traffic history and the
+per-network report card. No widget reads the socket; they render these.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    Qt,
+    Signal,
+)
+from PySide6.QtGui import QColor
+
+from m6t.control.schema import AddressChange, MtuReport, PortProbe, TunnelStatus
+from m6t_desktop.client import (
+    AddressEvent,
+    CallError,
+    Event,
+    Link,
+    MtuEvent,
+    RemovedEvent,
+    StateEvent,
+    StatusResult,
+    TrafficEvent,
+)
+from m6t_desktop.network import current_network
+from m6t_desktop.wording import (
+    HELPER_START_HINT,
+    HELPER_STATE_LABELS,
+    JOIN_GROUP_HINT,
+    NO_VALUE,
+    DisplayState,
+    address_reason_text,
+    blocked_ports,
+    cause_text,
+    mtu_reason_text,
+    port_probe_text,
+    rtt_text,
+)
+
+_Index = QModelIndex | QPersistentModelIndex
+_ROOT = QModelIndex()
+
+
+def clock_text(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at))
+
+
+def date_clock_text(at: float) -> str:
+    if time.localtime(at)[:3] == time.localtime()[:3]:
+        return clock_text(at)
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
+
+
+# --- traffic ---
+
+
+class TrafficHistory:
+    """Rates of the last minutes (one sample a second from `traffic` events), bounded."""
+
+    def __init__(self, window: float = 300.0) -> None:
+        self.window = window
+        self.samples: deque[tuple[float, float, float]] = deque(maxlen=int(window * 2) + 8)
+
+    def add(self, at: float, rx_rate: float, tx_rate: float) -> None:
+        self.samples.append((at, max(rx_rate, 0.0), max(tx_rate, 0.0)))
+        while self.samples and self.samples[0][0] < at - self.window:
+            self.samples.popleft()
+
+    def peak(self) -> float:
+        return max((max(rx, tx) for _, rx, tx in self.samples), default=0.0)
+
+    def clear(self) -> None:
+        self.samples.clear()
+
+
+# --- event log ---
+
+_SEVERITY_COLOURS = {"error": "#B3261E", "warning": "#8A6100"}
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    at: float
+    text: str
+    severity: str = "info"  # info, notice, warning, error
+
+
+class EventLogModel(QAbstractTableModel):
+    """What happened, newest last, bounded to `limit` entries."""
+
+    HEADERS = ("Time", "Event")
+
+    def __init__(self, limit: int = 500, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.limit = limit
+        self.entries: list[LogEntry] = []
+
+    def append(self, text: str, severity: str = "info", at: float | None = None) -> None:
+        if len(self.entries) >= self.limit:
+            drop = len(self.entries) - self.limit + 1
+            self.beginRemoveRows(_ROOT, 0, drop - 1)
+            del self.entries[:drop]
+            self.endRemoveRows()
+        row = len(self.entries)
+        self.beginInsertRows(_ROOT, row, row)
+        self.entries.append(LogEntry(time.time() if at is None else at, text, severity))
+        self.endInsertRows()
+
+    def rowCount(self, parent: _Index = _ROOT) -> int:
+        return 0 if parent.isValid() else len(self.entries)
+
+    def columnCount(self, parent: _Index = _ROOT) -> int:
+        return 0 if parent.isValid() else len(self.HEADERS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self.HEADERS[section]
+        return None
+
+    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        entry = self.entries[index.row()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return date_clock_text(entry.at) if index.column() == 0 else entry.text
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.at))
+        if role == Qt.ItemDataRole.UserRole:
+            return entry.severity
+        if role == Qt.ItemDataRole.ForegroundRole and entry.severity in _SEVERITY_COLOURS:
+            return QColor(_SEVERITY_COLOURS[entry.severity])
+        return None
+
+
+# --- address history ---
+
+
+class AddressHistoryModel(QAbstractTableModel):
+    """Addresses a tunnel had, newest first, with why and when they changed."""
+
+    HEADERS = ("Time", "Address", "Why")
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.changes: list[AddressChange] = []
+
+    def set_changes(self, changes: list[AddressChange]) -> None:
+        ordered = sorted(changes, key=lambda change: change.at, reverse=True)
+        if ordered == self.changes:
+            return
+        self.beginResetModel()
+        self.changes = ordered
+        self.endResetModel()
+
+    def rowCount(self, parent: _Index = _ROOT) -> int:
+        return 0 if parent.isValid() else len(self.changes)
+
+    def columnCount(self, parent: _Index = _ROOT) -> int:
+        return 0 if parent.isValid() else len(self.HEADERS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self.HEADERS[section]
+        return None
+
+    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        change = self.changes[index.row()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return (date_clock_text(change.at), change.address,
+                    address_reason_text(change.reason))[index.column()]
+        if role == Qt.ItemDataRole.ToolTipRole and index.column() == 1 and change.previous:
+            return f"before: {change.previous}"
+        return None
+
+
+# --- per-network report card ---
+
+
+@dataclass
+class ReportCard:
+    """What a network lets through, for one profile: each port, the usable MTU, fragments."""
+
+    network: str
+    profile: str
+    at: float
+    source: str  # "test" (Test now) or "connection" (what the last port race saw)
+    ports: list[PortProbe] = field(default_factory=list)
+    gateway_address: str | None = None
+    mtu: MtuReport | None = None
+    mtu_note: str | None = None  # why there is no MTU result
+    error: str | None = None  # why the test failed
+
+
+class ReportCardModel(QAbstractTableModel):
+    """The card for the network the laptop is on now; cards of other networks are kept for
+    when it comes back to them. Rows are the profile's ports."""
+
+    HEADERS = ("Port", "Result", "RTT")
+    cardChanged = Signal()
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.cards: dict[tuple[str, str], ReportCard] = {}
+        self.card: ReportCard | None = None
+        self.testing = False
+
+    def show_card(self, network: str, profile: str | None) -> None:
+        card = self.cards.get((network, profile)) if profile else None
+        if card is self.card:
+            return
+        self.beginResetModel()
+        self.card = card
+        self.endResetModel()
+        self.cardChanged.emit()
+
+    def put(self, card: ReportCard) -> None:
+        key = (card.network, card.profile)
+        old = self.cards.get(key)
+        if old is not None and card.source == "connection" and old.source == "test":
+            # Keep what Test now found (MTU, fragments); refresh the ports only.
+            old.ports, old.at = card.ports, card.at
+            card = old
+        self.cards[key] = card
+        self.beginResetModel()
+        self.card = card
+        self.endResetModel()
+        self.cardChanged.emit()
+
+    def set_testing(self, testing: bool) -> None:
+        self.testing = testing
+        self.cardChanged.emit()
+
+    def rowCount(self, parent: _Index = _ROOT) -> int:
+        return 0 if parent.isValid() or self.card is None else len(self.card.ports)
+
+    def columnCount(self, parent: _Index = _ROOT) -> int:
+        return 0 if parent.isValid() else len(self.HEADERS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self.HEADERS[section]
+        return None
+
+    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or self.card is None:
+            return None
+        probe = self.card.ports[index.row()]
+        if role == Qt.ItemDataRole.DisplayRole:
+            if index.column() == 0:
+                return f"UDP {probe.port}"
+            if index.column() == 1:
+                return "reachable" if probe.reachable else port_probe_text(probe)
+            return rtt_text(probe.rtt_ms) if probe.reachable else NO_VALUE
+        if role == Qt.ItemDataRole.UserRole:
+            return probe.reachable
+        if role == Qt.ItemDataRole.ForegroundRole and index.column() == 1:
+            return QColor("#1E7B34" if probe.reachable else "#B3261E")
+        return None
+
+
+# --- the app's state ---
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something the user should know about the helper, and what to do."""
+
+    kind: str  # not_running, denied, lost, read_only, api
+    title: str
+    advice: str
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Worth a desktop notification."""
+
+    summary: str
+    body: str
+    state: DisplayState
+
+
+class AppState(QObject):
+    changed = Signal()  # what the tray, its menu and the status header show
+    trafficAdded = Signal()  # a traffic sample (rates, counters, RTT) for the shown tunnel
+    notice = Signal(object)  # a Notice
+
+    def __init__(self, parent: QObject | None = None, *,
+                 network_identity: Callable[[], str] = current_network,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__(parent)
+        self.link = Link.CONNECTING
+        self.access: str | None = None
+        self.tunnels: dict[str, TunnelStatus] = {}  # by profile name
+        self.messages: dict[str, str] = {}  # last error message the helper gave, by profile
+        self.current: str | None = None  # the tunnel shown (status window, tooltip)
+        self.wanted: str | None = None  # the profile the user asked to have connected
+        self.busy: str | None = None  # an action in flight ("Connecting office…")
+        self.last_failure: str | None = None  # the last action that failed, in words
+        self.api_mismatch: int | None = None
+        self.helper_restarts = 0
+        self.events = EventLogModel(parent=self)
+        self.addresses = AddressHistoryModel(self)
+        self.report = ReportCardModel(self)
+        self.traffic: dict[str, TrafficHistory] = {}
+        self.network_identity = network_identity
+        self.clock = clock
+        self._connecting_cause: dict[str, str] = {}
+
+    # --- derived ---
+
+    @property
+    def status(self) -> TunnelStatus | None:
+        return self.tunnels.get(self.current) if self.current else None
+
+    @property
+    def read_only(self) -> bool:
+        return self.link is Link.ONLINE and self.access == "read-only"
+
+    def history(self, profile: str | None = None) -> TrafficHistory:
+        name = profile or self.current or ""
+        if name not in self.traffic:
+            self.traffic[name] = TrafficHistory()
+        return self.traffic[name]
+
+    def display_state(self) -> DisplayState:
+        if self.link in (Link.NOT_RUNNING, Link.DENIED):
+            return DisplayState.ERROR
+        if self.link in (Link.CONNECTING, Link.LOST):
+            return DisplayState.CONNECTING
+        status = self.status
+        if status is None or status.state == "disconnected":
+            if self.busy and self.busy.startswith("Connecting"):
+                return DisplayState.CONNECTING
+            return DisplayState.DISCONNECTED
+        if status.state == "connected":
+            return DisplayState.DEGRADED if blocked_ports(status) else DisplayState.CONNECTED
+        return {"connecting": DisplayState.CONNECTING, "waiting": DisplayState.DEGRADED,
+                "error": DisplayState.ERROR}[status.state]
+
+    def problem(self) -> Problem | None:
+        if self.link is Link.NOT_RUNNING:
+            return Problem("not_running", "The m6t helper is not running",
+                           f"Start it: {HELPER_START_HINT}. The app connects to it by itself "
+                           "as soon as it is up.")
+        if self.link is Link.DENIED:
+            return Problem("denied", "The helper does not let you in",
+                           f"Join the m6t group: {JOIN_GROUP_HINT}.")
+        if self.link is Link.LOST:
+            return Problem("lost", "The helper stopped or is restarting",
+                           "The app reconnects to it by itself; tunnels come back with it.")
+        if self.read_only:
+            return Problem("read_only", "You can watch the tunnel but not change it",
+                           f"To connect and disconnect, join the m6t group: {JOIN_GROUP_HINT}.")
+        if self.api_mismatch is not None:
+            return Problem("api", f"The helper speaks control API {self.api_mismatch}",
+                           "This app speaks API 1: update m6t desktop and the helper together.")
+        return None
+
+    def headline(self) -> str:
+        """One line: state and profile ("Connected to office")."""
+        state = self.display_state()
+        status = self.status
+        if self.link is not Link.ONLINE:
+            problem = self.problem()
+            return problem.title if problem else "Looking for the m6t helper…"
+        if status is None or status.state == "disconnected":
+            return self.busy or "Disconnected"
+        label = HELPER_STATE_LABELS[status.state]
+        if state is DisplayState.DEGRADED and status.state == "connected":
+            label = "Connected (degraded)"
+        preposition = "to" if status.state in ("connected", "connecting") else "for"
+        return f"{label} {preposition} {status.profile}"
+
+    def cause(self) -> str:
+        status = self.status
+        if status is None:
+            return ""
+        return cause_text(status, self.messages.get(status.profile))
+
+    def tooltip(self) -> str:
+        lines = [f"m6t: {self.headline()}"]
+        status = self.status
+        if status is not None and status.state != "disconnected":
+            lines.append(self.cause())
+            if status.address:
+                lines.append(status.address)
+            if status.port is not None:
+                lines.append(f"gateway {status.gateway}:{status.port}")
+            lines.append(f"RTT {rtt_text(status.rtt_ms)} · MTU {status.mtu}")
+        others = [name for name in self.tunnels if name != self.current]
+        if others:
+            lines.append("also: " + ", ".join(
+                f"{name} ({self.tunnels[name].state})" for name in others))
+        return "\n".join(line for line in lines if line)
+
+    # --- feeding: the helper link ---
+
+    def set_link(self, link: Link) -> None:
+        before = self.link
+        self.link = link
+        if link is Link.LOST:
+            self.events.append("The helper went away (stopped or restarting); reconnecting",
+                               "warning")
+            self.notice.emit(Notice("m6t helper stopped",
+                                    "Reconnecting to it by itself.", DisplayState.CONNECTING))
+        elif link is Link.NOT_RUNNING and before is not Link.NOT_RUNNING:
+            self.events.append(f"The helper is not running. Start it: {HELPER_START_HINT}",
+                               "error")
+            if before is Link.LOST:
+                self.notice.emit(Notice("m6t helper not running",
+                                        f"Start it: {HELPER_START_HINT}", DisplayState.ERROR))
+        elif link is Link.DENIED and before is not Link.DENIED:
+            self.events.append(f"Permission denied on the helper's socket. Join the m6t "
+                               f"group: {JOIN_GROUP_HINT}", "error")
+        if link is not Link.ONLINE:
+            self.busy = None
+        self.changed.emit()
+
+    def set_api_mismatch(self, api: int) -> None:
+        self.api_mismatch = api
+        self.events.append(f"The helper speaks control API {api}; this app speaks 1", "warning")
+        self.changed.emit()
+
+    def load(self, result: StatusResult, restarted: bool = False) -> None:
+        """The full state from `subscribe` (on every connection to the helper)."""
+        self.link = Link.ONLINE
+        self.access = result.access
+        self.tunnels = {status.profile: status for status in result.tunnels}
+        self.busy = None
+        if self.current not in self.tunnels:
+            self.current = next(iter(self.tunnels), None) if self.wanted not in self.tunnels \
+                else self.wanted
+        if restarted:
+            self.helper_restarts += 1
+            self.events.append("The helper restarted; the app reconnected to it", "notice")
+            self.notice.emit(Notice("m6t helper restarted",
+                                    "Reconnected to it; tunnels come back by themselves.",
+                                    self.display_state()))
+        else:
+            self.events.append("Connected to the helper" + (
+                " (read-only: join group m6t to connect)" if result.access == "read-only"
+                else ""))
+        for status in result.tunnels:
+            self._update_report_from_status(status)
+        self._refresh_current()
+        self.changed.emit()
+
+    # --- feeding: events ---
+
+    def apply_event(self, event: Event) -> None:
+        if isinstance(event, TrafficEvent):
+            self._apply_traffic(event)
+        elif isinstance(event, StateEvent):
+            self._apply_state(event)
+        elif isinstance(event, AddressEvent):
+            self._apply_address(event)
+        elif isinstance(event, MtuEvent):
+            self._apply_mtu(event)
+        elif isinstance(event, RemovedEvent):
+            self._apply_removed(event)
+
+    def apply_status(self, status: TunnelStatus) -> None:
+        """A TunnelStatus a call returned (connect, regenerate, set_mtu)."""
+        previous = self.tunnels.get(status.profile)
+        self.tunnels[status.profile] = status
+        if self.current is None or self.current not in self.tunnels \
+                or status.profile == self.wanted:
+            self.current = status.profile
+        if previous is None or previous.state != status.state:
+            self.events.append(f"{status.profile}: {HELPER_STATE_LABELS[status.state]}, "
+                               f"{cause_text(status)}")
+        self._update_report_from_status(status)
+        self._refresh_current()
+        self.changed.emit()
+
+    def _apply_traffic(self, event: TrafficEvent) -> None:
+        status = self.tunnels.get(event.profile)
+        if status is not None:
+            status.rx_bytes, status.tx_bytes = event.rx_bytes, event.tx_bytes
+            status.rx_packets, status.tx_packets = event.rx_packets, event.tx_packets
+            if event.rtt_ms is not None:
+                status.rtt_ms = event.rtt_ms
+        self.history(event.profile).add(self.clock(), event.rx_rate, event.tx_rate)
+        if event.profile == self.current:
+            self.trafficAdded.emit()
+
+    def _apply_state(self, event: StateEvent) -> None:
+        previous = self.tunnels.get(event.profile)
+        status = event.status
+        self.tunnels[event.profile] = status
+        if event.message:
+            self.messages[event.profile] = event.message
+        if self.current is None or self.current not in self.tunnels:
+            self.current = event.profile
+        text = f"{event.profile}: {HELPER_STATE_LABELS[status.state]}, " \
+               f"{cause_text(status, event.message)}"
+        severity = {"error": "error", "waiting": "warning"}.get(status.state, "info")
+        self.events.append(text, severity)
+        self._notice_for_state(previous, status, event.message)
+        if status.state == "connecting":
+            self._connecting_cause[event.profile] = status.cause
+        if status.state in ("connected", "waiting"):
+            self._update_report_from_status(status)
+        if status.state == "disconnected" and status.profile == self.wanted \
+                and status.cause == "user_request":
+            self.wanted = None
+        self._refresh_current()
+        self.changed.emit()
+
+    def _notice_for_state(self, previous: TunnelStatus | None, status: TunnelStatus,
+                          message: str | None) -> None:
+        """The helper acts by itself (network change, NAT rebinding, retries): say so. What the
+        user just asked for in this app shows in the icon; no notification for it."""
+        if previous is not None and previous.state == status.state \
+                and previous.cause == status.cause:
+            return
+        display = DisplayState.CONNECTED
+        if status.state == "connected":
+            if self._connecting_cause.get(status.profile, "user_request") == "user_request" \
+                    and status.cause != "port_fallback":
+                return
+            if blocked_ports(status):
+                display = DisplayState.DEGRADED
+            summary = f"m6t: connected to {status.profile}"
+        elif status.state == "waiting":
+            summary, display = f"m6t: {status.profile} is waiting", DisplayState.DEGRADED
+        elif status.state == "error":
+            summary, display = f"m6t: {status.profile} failed", DisplayState.ERROR
+        elif status.state == "disconnected" and status.cause != "user_request":
+            summary, display = f"m6t: {status.profile} disconnected", DisplayState.DISCONNECTED
+        else:
+            return
+        body = cause_text(status, message)
+        if status.state == "connected" and status.address:
+            body += f"\n{status.address}"
+        self.notice.emit(Notice(summary, body, display))
+
+    def _apply_address(self, event: AddressEvent) -> None:
+        status = self.tunnels.get(event.profile)
+        if status is not None:
+            status.address = event.address
+            if status.prefix and event.address:
+                status.suffix = ":".join(_groups(event.address)[5:])
+            if not any(c.address == event.address and c.at == event.at for c in status.history):
+                status.history.append(AddressChange(address=event.address,
+                                                    previous=event.previous,
+                                                    reason=event.reason, at=event.at))
+        self.events.append(f"{event.profile}: new address {event.address} "
+                           f"({address_reason_text(event.reason)})", "notice")
+        if event.reason in ("network_changed", "nat_mapping_changed", "resume"):
+            self.notice.emit(Notice(f"m6t: new address ({address_reason_text(event.reason)})",
+                                    f"{event.profile}: {event.address}",
+                                    self.display_state()))
+        self._refresh_current()
+        self.changed.emit()
+
+    def _apply_mtu(self, event: MtuEvent) -> None:
+        status = self.tunnels.get(event.profile)
+        if status is not None:
+            status.mtu = event.mtu
+        before = f"{event.previous} → " if event.previous else ""
+        self.events.append(f"{event.profile}: MTU {before}{event.mtu} "
+                           f"({mtu_reason_text(event.reason)})")
+        self.changed.emit()
+
+    def _apply_removed(self, event: RemovedEvent) -> None:
+        if event.profile in self.tunnels:
+            self.forget([event.profile])
+
+    def forget(self, profiles: list[str]) -> None:
+        """Tunnels that are gone (a `removed` event, or the answer to `disconnect`)."""
+        gone = [name for name in profiles if name in self.tunnels]
+        for name in gone:
+            del self.tunnels[name]
+            self.traffic.pop(name, None)
+            self.events.append(f"{name}: disconnected, tunnel removed")
+        if self.current not in self.tunnels:
+            self.current = self.wanted if self.wanted in self.tunnels \
+                else next(iter(self.tunnels), None)
+        if gone:
+            self._refresh_current()
+            self.changed.emit()
+
+    # --- feeding: the user's actions ---
+
+    def set_busy(self, text: str | None) -> None:
+        self.busy = text
+        self.changed.emit()
+
+    def action_failed(self, what: str, error: CallError) -> None:
+        self.busy = None
+        self.last_failure = f"{what}: {error.message}"
+        if error.permission_denied:
+            self.access = "read-only"
+            self.last_failure = f"{what}: permission denied. Join the m6t group: " \
+                                f"{JOIN_GROUP_HINT}"
+        elif error.field:
+            self.last_failure += f" (field {error.field}: fix it in Profiles…)"
+        self.events.append(self.last_failure, "error")
+        self.changed.emit()
+
+    def log(self, text: str, severity: str = "info") -> None:
+        self.events.append(text, severity)
+
+    def select(self, profile: str) -> None:
+        if profile in self.tunnels and profile != self.current:
+            self.current = profile
+            self._refresh_current()
+            self.changed.emit()
+
+    # --- report card ---
+
+    def _update_report_from_status(self, status: TunnelStatus) -> None:
+        if not status.ports:
+            return
+        self.report.put(ReportCard(network=self.network_identity(), profile=status.profile,
+                                   at=self.clock(), source="connection",
+                                   ports=list(status.ports),
+                                   gateway_address=status.gateway_address))
+
+    def report_tested(self, card: ReportCard) -> None:
+        self.report.put(card)
+        reachable = [p.port for p in card.ports if p.reachable]
+        blocked = [p.port for p in card.ports if not p.reachable]
+        parts = []
+        if reachable:
+            parts.append("reachable " + ", ".join(map(str, reachable)))
+        if blocked:
+            parts.append("blocked " + ", ".join(map(str, blocked)))
+        if card.mtu is not None:
+            parts.append(f"MTU {card.mtu.mtu}, IPv4 fragments "
+                         f"{'pass' if card.mtu.fragments_pass else 'blocked'}")
+        if card.error:
+            parts.append(card.error)
+        self.events.append(f"Network test on {card.network}: " + "; ".join(parts))
+
+    def _refresh_current(self) -> None:
+        status = self.status
+        self.addresses.set_changes(list(status.history) if status else [])
+        self.report.show_card(self.network_identity(), self.current)
+
+
+def _groups(address: str) -> list[str]:
+    try:
+        return [f"{int(g, 16):x}" for g in ipaddress.IPv6Address(address).exploded.split(":")]
+    except ValueError:
+        return []
