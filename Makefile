@@ -28,8 +28,8 @@ test-netns: setup
 	M6T_REQUIRE_NETNS=1 $(PY) -m pytest -q tests/netns
 
 lint: setup
-	$(VENV)/bin/ruff check m6t tests bench
-	$(VENV)/bin/mypy m6t
+	$(VENV)/bin/ruff check m6t helper m6t_desktop tests bench packaging/debtool.py
+	$(VENV)/bin/mypy m6t helper m6t_desktop
 
 demo: setup
 	$(PY) -m m6t.lab demo
