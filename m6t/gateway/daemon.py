@@ -34,6 +34,7 @@ from m6t.protocol.gateway import FORWARD, Gateway, Reply
 log = logging.getLogger("m6t.gateway")
 
 BATCH = 256  # packets drained per readable descriptor before looking at the others
+MAX_PEER_CACHE = 65_536
 _FORWARDING = "net/ipv6/conf/all/forwarding"
 
 
@@ -44,6 +45,7 @@ class GatewayDaemon:
         self.gateway = Gateway(config.policy)
         self.changes = ChangeLog()
         self.listeners: list[socket.socket | None] = []
+        self._peers: list[dict[tuple[str, int], int]] = []  # per listener: sender -> peer int
         self.collector = GatewayCollector(self.snapshot)
         self.packets = dict.fromkeys(("from_client", "to_client"), 0)
         self.octets = dict.fromkeys(("from_client", "to_client"), 0)
@@ -98,6 +100,7 @@ class GatewayDaemon:
                 raise OSError(exc.errno, f"cannot listen on {endpoint[0]}:{endpoint[1]}: "
                                          f"{exc.strerror}") from None
             self.listeners.append(sock)
+            self._peers.append({})
         self.changes.record("close listeners", self._close_listeners)
 
     def _close_listeners(self) -> None:
@@ -105,6 +108,7 @@ class GatewayDaemon:
             if sock is not None:
                 sock.close()
         self.listeners = []
+        self._peers = []
 
     def teardown(self) -> None:
         self.changes.undo()
@@ -146,6 +150,7 @@ class GatewayDaemon:
                     continue
                 listen.append(endpoint)
                 self.listeners.append(sock)
+                self._peers.append({})
                 self._register(len(self.listeners) - 1, sock)
         self.gateway.apply_policy(new.policy)
         self.config = GatewayConfig(tuple(listen), self.config.tun, self.config.metrics_listen,
@@ -229,7 +234,7 @@ class GatewayDaemon:
         assert sock is not None
         receive = self.gateway.receive_from_client
         recvfrom, sendto, tun_write = sock.recvfrom, sock.sendto, self.tun.write
-        from_bytes, aton = int.from_bytes, socket.inet_aton
+        peers = self._peers[index]
         packets = octets = 0
         for _ in range(BATCH):
             try:
@@ -240,7 +245,9 @@ class GatewayDaemon:
                 # With IP_RECVERR an ICMP error surfaces as a failed receive once; read it.
                 self._icmp_errors(index)
                 continue
-            peer = from_bytes(aton(address[0]), "big") << 24 | address[1] << 8 | index
+            peer = peers.get(address)
+            if peer is None:
+                peer = self._peer(address, index)
             decision = receive(data, peer, now)
             if decision is FORWARD:
                 tun_write(data)
@@ -251,6 +258,16 @@ class GatewayDaemon:
                     sendto(decision.packet, address)
         self.packets["from_client"] += packets
         self.octets["from_client"] += octets
+
+    def _peer(self, address: tuple[str, int], index: int) -> int:
+        """The core's peer int for a sender; remembered, since packing costs more per packet
+        than a lookup (bounded: forgotten wholesale when it grows past MAX_PEER_CACHE)."""
+        peers = self._peers[index]
+        if len(peers) >= MAX_PEER_CACHE:
+            peers.clear()
+        peer = int.from_bytes(socket.inet_aton(address[0]), "big") << 24 | address[1] << 8 | index
+        peers[address] = peer
+        return peer
 
     def _from_home(self, now: float) -> None:
         receive = self.gateway.receive_from_home

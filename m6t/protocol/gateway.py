@@ -204,6 +204,7 @@ class Gateway:
         """Adopt a new policy (SIGHUP). Existing states stay; lifetimes apply from their next
         refresh, and states outside a narrowed prefix age out without being refreshed."""
         self.policy = policy
+        self._active_lifetime = policy.active_lifetime  # read per packet: one lookup, not two
         prefix = policy.client_prefix
         self._prefix_bytes = prefix.network_address.packed[: prefix.prefixlen // 8]
         remainder = prefix.prefixlen % 8
@@ -224,12 +225,14 @@ class Gateway:
         if reason is not None:
             return self._drop(reason)
         src = packet[8:24]
+        dst = packet[24:40]
         state = self._active.get(src)
-        if packet[24:40] == KEEPALIVE_ADDRESS:
+        if dst == KEEPALIVE_ADDRESS:
             return self._keepalive(packet, src, state, peer, now)
-        if not self._in_client_prefix(packet):
+        if not packet.startswith(self._prefix_bytes, 8) or (
+                self._prefix_partial is not None and not self._in_client_prefix(packet)):
             return self._drop(DropReason.SRC_OUTSIDE_PREFIX)
-        if packet[24:40] not in self._home_agents:
+        if dst not in self._home_agents:
             return self._drop(DropReason.DST_NOT_HOME_AGENT)
         if state is not None:
             # "address-related information ... in states (active or temporary) are never
@@ -240,7 +243,7 @@ class Gateway:
                 return self._drop(DropReason.IPV4_MISMATCH)
             # "An active state has a longer lifetime which is extended each time traffic is
             # exchanged with the MN (data or keep-alive messages)."
-            state.expires_at = now + self.policy.active_lifetime
+            state.expires_at = now + self._active_lifetime
             return FORWARD
         state = self._temporary.get(src)
         if state is not None:
@@ -314,7 +317,7 @@ class Gateway:
                 return self._drop(DropReason.NOT_FROM_HOME_AGENT)
             del self._temporary[dst]
             self._active[state.address] = state
-        state.expires_at = now + self.policy.active_lifetime
+        state.expires_at = now + self._active_lifetime
         if self._client_mtu and len(packet) > self._client_mtu.get(state.peer, 65535):
             return self._packet_too_big(packet, self._client_mtu[state.peer], now)
         if len(packet) > self.policy.mtu:
