@@ -136,8 +136,15 @@ def save(book: ProfileBook, path: Path | None = None) -> Path:
     if path.exists():
         load(path)  # raises ProfilesError for a corrupt file: never write over it
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = dump_profiles(book)
-    handle, temporary = tempfile.mkstemp(prefix=".profiles-", suffix=".toml", dir=path.parent)
+    write_atomically(path, dump_profiles(book))
+    return path
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """A temporary file in the same directory, fsync, rename: readers see the old file or the
+    new one, never half of one. Mode 0600: profiles are the user's own."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix,
+                                         dir=path.parent)
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
@@ -148,4 +155,3 @@ def save(book: ProfileBook, path: Path | None = None) -> Path:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return path

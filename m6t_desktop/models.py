@@ -100,7 +100,22 @@ class LogEntry:
     severity: str = "info"  # info, notice, warning, error
 
 
-class EventLogModel(QAbstractTableModel):
+class _HeaderedTable(QAbstractTableModel):
+    """A flat table whose column titles are its HEADERS."""
+
+    HEADERS: tuple[str, ...] = ()
+
+    def columnCount(self, parent: _Index = _ROOT) -> int:
+        return 0 if parent.isValid() else len(self.HEADERS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation,
+                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return self.HEADERS[section]
+        return None
+
+
+class EventLogModel(_HeaderedTable):
     """What happened, newest last, bounded to `limit` entries."""
 
     HEADERS = ("Time", "Event")
@@ -124,15 +139,6 @@ class EventLogModel(QAbstractTableModel):
     def rowCount(self, parent: _Index = _ROOT) -> int:
         return 0 if parent.isValid() else len(self.entries)
 
-    def columnCount(self, parent: _Index = _ROOT) -> int:
-        return 0 if parent.isValid() else len(self.HEADERS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation,
-                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.HEADERS[section]
-        return None
-
     def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():
             return None
@@ -151,7 +157,7 @@ class EventLogModel(QAbstractTableModel):
 # --- address history ---
 
 
-class AddressHistoryModel(QAbstractTableModel):
+class AddressHistoryModel(_HeaderedTable):
     """Addresses a tunnel had, newest first, with why and when they changed."""
 
     HEADERS = ("Time", "Address", "Why")
@@ -170,15 +176,6 @@ class AddressHistoryModel(QAbstractTableModel):
 
     def rowCount(self, parent: _Index = _ROOT) -> int:
         return 0 if parent.isValid() else len(self.changes)
-
-    def columnCount(self, parent: _Index = _ROOT) -> int:
-        return 0 if parent.isValid() else len(self.HEADERS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation,
-                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.HEADERS[section]
-        return None
 
     def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():
@@ -210,7 +207,7 @@ class ReportCard:
     error: str | None = None  # why the test failed
 
 
-class ReportCardModel(QAbstractTableModel):
+class ReportCardModel(_HeaderedTable):
     """The card for the network the laptop is on now; cards of other networks are kept for
     when it comes back to them. Rows are the profile's ports."""
 
@@ -251,15 +248,6 @@ class ReportCardModel(QAbstractTableModel):
 
     def rowCount(self, parent: _Index = _ROOT) -> int:
         return 0 if parent.isValid() or self.card is None else len(self.card.ports)
-
-    def columnCount(self, parent: _Index = _ROOT) -> int:
-        return 0 if parent.isValid() else len(self.HEADERS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation,
-                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.HEADERS[section]
-        return None
 
     def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid() or self.card is None:

@@ -10,7 +10,6 @@ import ipaddress
 import os
 import re
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,7 +50,13 @@ from m6t.control.schema import (
     check_routes,
     validate_profile,
 )
-from m6t.profiles import ProfileBook, ProfilesError, dump_profiles, parse_profiles
+from m6t.profiles import (
+    ProfileBook,
+    ProfilesError,
+    dump_profiles,
+    parse_profiles,
+    write_atomically,
+)
 from m6t.protocol.addressing import (
     AddressingError,
     TunnelPrefix,
@@ -212,20 +217,6 @@ def home_relative(path: Path) -> str:
         return "~/" + str(path.resolve().relative_to(Path.home().resolve()))
     except ValueError:
         return str(path)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o600)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 # --- the dialog ---
