@@ -517,9 +517,10 @@ def test_units_run_under_systemd(ready: State) -> None:
     root.sh("apt-get install -y -q --no-install-recommends systemd-sysv dbus")
     root.sh(f"mkdir -p /etc/m6t && cp {EXAMPLE} /etc/m6t/gateway.toml")
     with booted(root) as enter:
-        # Type=exec: active once started; its socket comes a moment later (see docs).
-        enter("systemctl is-active m6t-helper && for i in $(seq 100); do "
-              "[ -S /run/m6t/helper.sock ] && break; sleep 0.1; done")
+        # Type=notify: the unit is active only once the helper said READY=1, which it says
+        # after its control socket listens. So: once active, the socket must be there.
+        enter("for i in $(seq 150); do systemctl is-active -q m6t-helper && break; "
+              "sleep 0.1; done; systemctl is-active m6t-helper && [ -S /run/m6t/helper.sock ]")
         socket = enter("stat -c '%A %U %G' /run/m6t/helper.sock").stdout.split()
         assert socket == ["srw-rw-rw-", "root", "m6t"], socket
         capabilities = enter("grep -E '^Cap(Eff|Bnd)' /proc/$(systemctl show -p MainPID "
