@@ -199,35 +199,15 @@ def test_sighup_reloads_listen_ports(lab: Lab) -> None:
     assert gateway.poll() is None
 
 
-def _fragmentation_needed(lab: Lab, role: str, router: str, quoted_src: tuple[str, int],
-                          quoted_dst: tuple[str, int], mtu: int) -> None:
-    """Send, from `role`, an ICMPv4 "fragmentation needed" as a router on the path would,
-    quoting a UDP datagram from `quoted_src` to `quoted_dst`."""
-    script = (
-        "import socket,struct\n"
-        "from m6t.protocol.packets import internet_checksum as c\n"
-        "def ip(src,dst,p,payload):\n"
-        "    h=struct.pack('!BBHHHBBH4s4s',0x45,0,20+len(payload),1,0,64,p,0,"
-        "socket.inet_aton(src),socket.inet_aton(dst))\n"
-        "    return h[:10]+struct.pack('!H',c(h))+h[12:]+payload\n"
-        f"inner=ip('{quoted_src[0]}','{quoted_dst[0]}',17,"
-        f"struct.pack('!HHHH',{quoted_src[1]},{quoted_dst[1]},1480,0))\n"
-        f"m=struct.pack('!BBHHH',3,4,0,0,{mtu})+inner\n"
-        "m=m[:2]+struct.pack('!H',c(m))+m[4:]\n"
-        "r=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_ICMP)\n"
-        f"r.bind(('{router}',0))\n"
-        f"r.sendto(m,('{quoted_src[0]}',0))\n")
-    lab.run(role, [sys.executable, "-c", script])
-
-
 def test_fragmentation_needed_lowers_one_clients_mtu(lab: Lab) -> None:
     """ICMPv4 "fragmentation needed" about our datagrams to a client lowers that client's
     tunnel MTU at the gateway; bigger packets from the HA then get a Packet Too Big."""
     lab.start_gateway()
     assert client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent)["received"] == 1
     # The gateway sees the client as the NAT's public address and the mapped port (40001 kept).
-    _fragmentation_needed(lab, "nat", lab.addr.nat_wan, (lab.addr.gw_wan, 3544),
-                          (lab.addr.nat_wan, 40001), 1300)
+    lab.python("nat", "m6t.lab.inject", "--from", lab.addr.nat_wan, "--quoted-src",
+               f"{lab.addr.gw_wan}:3544", "--quoted-dst", f"{lab.addr.nat_wan}:40001",
+               "--mtu", "1300")
     wait_metric(lab, lambda m: m["m6t_gateway_client_mtu_lowered_total"] == 1,
                 "the client's MTU to be lowered")
     result = lab.run("ha", ["ping", "-6", "-c", "1", "-W", "2", "-s", "1300", "-M", "do", SRC],

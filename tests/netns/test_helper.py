@@ -194,20 +194,9 @@ def test_fragmentation_needed_lowers_the_tunnel_mtu(world: Lab) -> None:
     assert len(ports) == 1, sockets
     port = ports[0]
     # A router on the LAN side reports that our datagram to the gateway did not fit in 1400.
-    inject = (
-        "import socket,struct\n"
-        "from m6t.protocol.packets import internet_checksum as c\n"
-        "def ip(src,dst,p,payload):\n"
-        "    h=struct.pack('!BBHHHBBH4s4s',0x45,0,20+len(payload),1,0,64,p,0,"
-        "socket.inet_aton(src),socket.inet_aton(dst))\n"
-        "    return h[:10]+struct.pack('!H',c(h))+h[12:]+payload\n"
-        f"inner=ip('{world.addr.mn}','{world.addr.gw_wan}',17,"
-        f"struct.pack('!HHHH',{port},3544,1480,0))\n"
-        "m=struct.pack('!BBHHH',3,4,0,0,1400)+inner\n"
-        "m=m[:2]+struct.pack('!H',c(m))+m[4:]\n"
-        "r=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_ICMP)\n"
-        f"r.sendto(m,('{world.addr.mn}',0))\n")
-    world.run("nat", [sys.executable, "-c", inject])
+    world.python("nat", "m6t.lab.inject", "--from", world.addr.nat_lan, "--quoted-src",
+                 f"{world.addr.mn}:{port}", "--quoted-dst", f"{world.addr.gw_wan}:3544",
+                 "--mtu", "1400")
     wait_for(lambda: status(world)["mtu"] == 1372, 5, "the tunnel MTU to drop to 1400 - 28")
     assert "mtu 1372" in world.ip("mn", "link", "show", "m6t0").stdout
 
