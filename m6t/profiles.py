@@ -140,9 +140,9 @@ def save(book: ProfileBook, path: Path | None = None) -> Path:
     return path
 
 
-def write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
     """A temporary file in the same directory, fsync, rename: readers see the old file or the
-    new one, never half of one. Mode 0600: profiles are the user's own."""
+    new one, never half of one. Mode 0600 by default: profiles are the user's own."""
     handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix,
                                          dir=path.parent)
     try:
@@ -150,7 +150,7 @@ def write_atomically(path: Path, text: str) -> None:
             out.write(text)
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(temporary, 0o600)
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

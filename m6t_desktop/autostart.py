@@ -1,6 +1,11 @@
 """Start at login: an XDG autostart entry ($XDG_CONFIG_HOME/autostart/m6t-desktop.desktop) that
 runs `m6t-desktop --autostart`, which connects the default profile if it asks for it
-(auto_connect). Toggled from the app; written atomically."""
+(auto_connect). Toggled from the app; written atomically.
+
+The package also installs a system-wide entry (/etc/xdg/autostart, Hidden=true unless an
+administrator turned it on). By the XDG Autostart spec the user's file of the same name wins,
+so "off" is a user entry with Hidden=true (deleting the user file would let a site-wide "on"
+come back), and with no user entry the system-wide one decides."""
 
 from __future__ import annotations
 
@@ -8,9 +13,9 @@ import os
 import shlex
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from m6t.profiles import write_atomically
 from m6t_desktop.icons import resource_path
 
 ENTRY_NAME = "m6t-desktop.desktop"
@@ -59,33 +64,39 @@ def desktop_entry(argv: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def is_enabled() -> bool:
-    path = entry_path()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError:
-        return False
+def system_entry_paths() -> list[Path]:
+    dirs = os.environ.get("XDG_CONFIG_DIRS") or "/etc/xdg"
+    return [Path(d) / "autostart" / ENTRY_NAME for d in dirs.split(":") if d]
+
+
+def _entry_enabled(text: str) -> bool:
     # A user (or the desktop's settings) may have disabled it without deleting it.
     return "Hidden=true" not in text and "X-GNOME-Autostart-enabled=false" not in text
+
+
+def is_enabled() -> bool:
+    for path in [entry_path(), *system_entry_paths()]:  # the first that exists decides
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError:
+            continue
+        return _entry_enabled(text)
+    return False
 
 
 def enable(extra: list[str] | None = None) -> Path:
     path = entry_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".m6t-desktop-", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(desktop_entry(command(extra)))
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, desktop_entry(command(extra)), mode=0o644)
     return path
 
 
 def disable() -> None:
-    entry_path().unlink(missing_ok=True)
+    """A user entry that says Hidden=true: it overrides a system-wide entry of the same name."""
+    path = entry_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, "[Desktop Entry]\nType=Application\nName=m6t desktop\n"
+                           "Hidden=true\n", mode=0o644)
 
 
 def parse_exec(entry: str) -> list[str]:

@@ -65,6 +65,7 @@ def short_dir() -> Iterator[Path]:
 def private_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Keep tests off the user's files, session bus and helper."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(tmp_path / "system-config"))  # not /etc/xdg
     monkeypatch.setenv("M6T_PROFILES", str(tmp_path / "config" / "m6t" / "profiles.toml"))
     monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", f"unix:path={tmp_path}/no-bus")
     runtime = tmp_path / "runtime"

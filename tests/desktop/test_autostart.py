@@ -33,12 +33,30 @@ def test_enable_writes_an_xdg_autostart_entry(tmp_path: Path) -> None:
     assert not list(path.parent.glob(".m6t-desktop-*"))  # written atomically, nothing left
 
 
-def test_disable_removes_it(tmp_path: Path) -> None:
+def test_disable_leaves_a_hidden_user_entry(tmp_path: Path) -> None:
     autostart.enable()
     autostart.disable()
-    assert not autostart.entry_path().exists()
+    assert "Hidden=true" in autostart.entry_path().read_text()
     assert not autostart.is_enabled()
     autostart.disable()  # twice is fine
+    assert not autostart.is_enabled()
+
+
+def test_the_user_entry_overrides_a_site_wide_one(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    system = tmp_path / "xdg"
+    (system / "autostart").mkdir(parents=True)
+    monkeypatch.setenv("XDG_CONFIG_DIRS", str(system))
+    site_wide = system / "autostart" / autostart.ENTRY_NAME
+    site_wide.write_text(autostart.desktop_entry(["m6t-desktop", "--autostart"]))
+    assert autostart.is_enabled()  # an administrator turned it on for everyone
+    autostart.disable()
+    assert not autostart.is_enabled()  # the user's "off" wins
+    autostart.enable()
+    assert autostart.is_enabled()
+    site_wide.write_text(site_wide.read_text() + "Hidden=true\n")
+    autostart.entry_path().unlink()
+    assert not autostart.is_enabled()  # no user entry: the site-wide one decides
 
 
 @pytest.mark.parametrize("line", ["Hidden=true", "X-GNOME-Autostart-enabled=false"])
@@ -71,6 +89,7 @@ def test_toggled_from_the_status_window(qtbot: QtBot, short_dir: Path) -> None:
         command = autostart.parse_exec(autostart.entry_path().read_text())
         assert command[-3:] == ["--autostart", "--socket", str(short_dir / "h.sock")]
         window.autostart_action.setChecked(False)
-        assert not autostart.entry_path().exists()
+        assert not autostart.is_enabled()
+        assert "Hidden=true" in autostart.entry_path().read_text()
     finally:
         app.shutdown()
