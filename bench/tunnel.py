@@ -1,6 +1,7 @@
 """Throughput and latency through the whole m6t path, against the same lab without the tunnel.
 
     sudo .venv/bin/python bench/tunnel.py [--quick] [--seconds N] [--repeat N] [--json]
+                                          [--only ping,tcp1,tcp4,udp64,tcp1down]
 
 One invocation builds one lab (m6t.lab.Lab: mn -- nat -- gw -- ha in network namespaces),
 turns TSO, GSO and GRO off on every veth of it (mn eth0, nat lan and wan, gw wan and home,
@@ -13,12 +14,19 @@ a real link would, and measures:
 * tunnel: m6t-gateway in gw, m6t-helper in mn, one profile connected (default keepalive);
   IPv6 from mn's tunnel address to the home agent through helper, NAT, gateway and the
   home link: the same three iperf3 runs (-6) and ping -6.
+* only with --only: `tcp1down`, TCP 1 stream the other way (iperf3 -R: the gateway's
+  TUN -> UDP path and the helper's UDP -> TUN path carry the data).
 
 Baseline and tunnel runs alternate test by test (ping, TCP 1, TCP 4, UDP), each pair repeated
 `--repeat` times; the best run of each counts (highest throughput, lowest average RTT), all runs
-are in the JSON. The helper and gateway are idle during baseline runs. Around every run the
-CPU time of the helper and gateway processes (/proc/<pid>/stat) and the busy share of the
-whole box (/proc/stat) are sampled.
+are in the JSON. The helper and gateway are idle during baseline runs. Around every run are
+sampled: the CPU time of the helper and gateway processes (/proc/<pid>/stat), for tunnel runs
+also per packet they forwarded (microseconds of CPU per packet: what a data-path change saves,
+nearly independent of other load on the box), the busy share of the whole box (/proc/stat),
+and the CPU used by processes outside the lab. The figures are only meaningful on a quiet box:
+the whole path is CPU-bound, so another job running skews them (0.12-0.15 instead of 0.20 was
+seen). The script warns when the box is busy before it starts, marks runs during which other
+processes used more than 10 % of a core (OTHER LOAD), and prefers undisturbed runs as the best.
 
 The headline is TCP throughput through the tunnel as a share of the ceiling (target: at least
 0.25; a bare Python TUN-to-UDP forwarder reached about 0.23 in such a lab, miredo 0.17, OpenVPN
@@ -117,6 +125,14 @@ class CpuSample:
     gateway: float | None = None
     box_busy: float = 0.0  # share of all cores (0..1)
     others: float = 0.0  # cores' worth used by processes outside the lab
+    # CPU microseconds per packet the process forwarded (both directions): what a change to
+    # the data path saves, nearly independent of other load on the box. Tunnel runs only.
+    helper_us_per_packet: float | None = None
+    gateway_us_per_packet: float | None = None
+
+
+Counter = Callable[[], dict[str, int]]
+MIN_PACKETS_PER_CPU_FIGURE = 10_000  # below that, clock-tick granularity swamps the figure
 
 
 class CpuMeter:
@@ -125,8 +141,10 @@ class CpuMeter:
         self.namespaces = namespaces
 
     @contextlib.contextmanager
-    def measure(self) -> Iterator[CpuSample]:
+    def measure(self, packets: Counter | None = None) -> Iterator[CpuSample]:
+        """Around one run; `packets` counts what the helper and gateway forwarded so far."""
         sample = CpuSample()
+        forwarded = packets() if packets else {}
         before = {name: process_ticks(pid) for name, pid in self.pids.items()}
         foreign0 = foreign_ticks(self.namespaces)
         busy0, total0 = box_ticks()
@@ -140,6 +158,11 @@ class CpuMeter:
             after, first = process_ticks(pid), before[name]
             if after is not None and first is not None and elapsed > 0:
                 setattr(sample, name, (after - first) / TICKS / elapsed)
+        if packets:
+            for name, count in packets().items():
+                used, moved = getattr(sample, name), count - forwarded.get(name, 0)
+                if used is not None and moved >= MIN_PACKETS_PER_CPU_FIGURE:
+                    setattr(sample, f"{name}_us_per_packet", used * elapsed / moved * 1e6)
 
 
 def box_busy(seconds: float = 1.0) -> float:
@@ -356,12 +379,13 @@ def cpu_text(run: Run) -> str:
     if cpu is None:
         return ""
     parts = [f"box {100 * cpu.box_busy:.0f} %"]
-    if cpu.others >= 0.05:
+    if cpu.others >= OTHER_LOAD_LIMIT:
         parts.append(f"OTHER LOAD {100 * cpu.others:.0f} %")
-    if cpu.helper is not None:
-        parts.append(f"helper {100 * cpu.helper:.0f} %")
-    if cpu.gateway is not None:
-        parts.append(f"gw {100 * cpu.gateway:.0f} %")
+    for name, short in (("helper", "helper"), ("gateway", "gw")):
+        used, per_packet = getattr(cpu, name), getattr(cpu, f"{name}_us_per_packet")
+        if used is not None:
+            parts.append(f"{short} {100 * used:.0f} %"
+                         + (f" ({per_packet:.1f} us/pkt)" if per_packet is not None else ""))
     return ", ".join(parts)
 
 
@@ -400,6 +424,8 @@ def report(tests: tuple[Test, ...], results: dict[str, dict[str, list[Run]]], ou
               f"{compare:>16}  {target}", file=out)
         print(f"{'':<24} {detail_text(test, base):>37} | {detail_text(test, tun)}", file=out)
         print(f"{'':<6}cpu baseline: {cpu_text(base)}; tunnel: {cpu_text(tun)}", file=out)
+        summary[test.key]["cpu"] = {"baseline": asdict(base.cpu) if base.cpu else None,
+                                    "tunnel": asdict(tun.cpu) if tun.cpu else None}
     return summary
 
 
@@ -420,13 +446,20 @@ def measure(lab: Lab, tests: tuple[Test, ...], seconds: float, repeat: int, out:
     print(f"lab {lab.tag}: tunnel {tunnel.get('address')} via port {tunnel.get('port')}, "
           f"mtu {tunnel_mtu.group(1) if tunnel_mtu else '?'}; iperf3 {seconds:g} s per run, "
           f"{repeat} run(s) each", file=out)
+
+    def forwarded() -> dict[str, int]:
+        status, metrics = helper_status(lab), lab.metrics(check=False) or {}
+        return {"helper": status.get("tx_packets", 0) + status.get("rx_packets", 0),
+                "gateway": int(sum(v for k, v in metrics.items()
+                                   if k.startswith("m6t_gateway_packets_total")))}
+
     results: dict[str, dict[str, list[Run]]] = {t.key: {"baseline": [], "tunnel": []}
                                                 for t in tests}
     for rep in range(repeat):
         for test in tests:
             for mode, target, ipv6 in (("baseline", a.gw_wan, False),
                                        ("tunnel", a.home_agent, True)):
-                with meter.measure() as cpu:
+                with meter.measure(forwarded if mode == "tunnel" else None) as cpu:
                     run = test.measure(lab, target, ipv6, seconds)
                 run.cpu = cpu
                 results[test.key][mode].append(run)
@@ -483,8 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         parser.error("needs root (network namespaces, TUN devices, ethtool)")
     out = sys.stderr if args.json else sys.stdout
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGHUP, _terminate)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT: even if inherited
+        signal.signal(signum, _terminate)                           # as ignored (a background job)
     env = environment()
     print(f"m6t tunnel benchmark: {env['cpus']} x {env['cpu']}, kernel {env['kernel']}, "
           f"Python {env['python']}, {env['iperf3']}, git {env['git']}", file=out)
