@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from m6t.linux.tun import TunDevice
-from m6t.linux.udp import read_icmp_errors
+from m6t.linux.udp import UdpGso, gso_limit, read_icmp_errors
 from m6t.protocol.client import Inbound, check_from_tun, classify_from_gateway
 from m6t.protocol.constants import IPV6_HEADER_LENGTH, NEXT_HEADER_NONE
 from m6t.protocol.drops import DropReason
@@ -62,6 +62,7 @@ class Pump:
         self.rx_drops: Counter[str] = Counter()
         self.last_sent = self.last_received = time.monotonic()
         self._threads: list[threading.Thread] = []
+        self._gso = UdpGso()  # made for each new socket in _tun_batch
 
     def start(self) -> None:
         self.running = True
@@ -111,7 +112,14 @@ class Pump:
         read = os.read
         tun_fd = self.tun.fileno()
         drops = self.tx_drops
-        address, send = target.address, target.sock.send
+        address, sock = target.address, target.sock
+        if sock is not self._gso.sock:
+            # A new path: what the old one could not do (GSO, a segment size) may work.
+            self._gso = UdpGso(sock, self._send_failed)
+        send_run = self._gso.send_run
+        # Consecutive packets of one size leave as one UDP GSO message (see UdpGso).
+        run: list[bytes] = []
+        size = limit = 0
         packets = octets = 0
         for _ in range(BATCH):
             try:
@@ -119,19 +127,29 @@ class Pump:
             except BlockingIOError:
                 break
             if packet.startswith(address, 8) and len(packet) >= IPV6_HEADER_LENGTH:
-                try:
-                    send(packet)
-                except OSError as exc:
-                    drops[_send_error(exc)] += 1
+                if len(packet) == size and len(run) < limit:
+                    run.append(packet)
                     continue
-                packets += 1
-                octets += len(packet)
+                if run:
+                    sent = send_run(run, size, None)
+                    packets += sent
+                    octets += sent * size
+                run = [packet]
+                size = len(packet)
+                limit = gso_limit(size)
             else:
                 drops[check_from_tun(packet, address) or DropReason.SRC_NOT_OURS] += 1
+        if run:
+            sent = send_run(run, size, None)
+            packets += sent
+            octets += sent * size
         if packets:
             self.tx_packets += packets
             self.tx_bytes += octets
             self.last_sent = time.monotonic()
+
+    def _send_failed(self, exc: OSError, lost: int) -> None:
+        self.tx_drops[_send_error(exc)] += lost
 
     def _udp_batch(self, target: Target, sock: socket.socket) -> None:
         write = os.write
