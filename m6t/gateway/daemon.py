@@ -24,12 +24,15 @@ from m6t.gateway.metrics import GatewayCollector, Snapshot
 from m6t.linux.netlink import ChangeLog, Netlink, write_sysctl
 from m6t.linux.tun import TunDevice
 from m6t.linux.udp import (
+    UdpGso,
+    gso_limit,
     open_fragmentation_needed_listener,
     open_tunnel_socket,
     read_fragmentation_needed,
     read_icmp_errors,
 )
 from m6t.protocol.gateway import FORWARD, Gateway, Reply
+from m6t.protocol.packets import check_ipv6
 
 log = logging.getLogger("m6t.gateway")
 
@@ -51,6 +54,7 @@ class GatewayDaemon:
         self.octets = dict.fromkeys(("from_client", "to_client"), 0)
         self.mtu_lowered = 0
         self.reloads = 0
+        self._gso = UdpGso(on_error=_send_failed)
         self._stop = False
         self._reload = False
 
@@ -235,6 +239,11 @@ class GatewayDaemon:
         receive = self.gateway.receive_from_client
         recvfrom, sendto, tun_write = sock.recvfrom, sock.sendto, self.tun.write
         peers = self._peers[index]
+        # Within a batch, a packet from the sender of a packet the core forwarded, with the same
+        # IPv6 source and destination, gets the same decision (Gateway.receive_from_client says
+        # why), so only its well-formedness is checked again.
+        flow_sender: tuple[str, int] | None = None
+        flow_key = b""
         packets = octets = 0
         for _ in range(BATCH):
             try:
@@ -245,10 +254,16 @@ class GatewayDaemon:
                 # With IP_RECVERR an ICMP error surfaces as a failed receive once; read it.
                 self._icmp_errors(index)
                 continue
-            peer = peers.get(address)
-            if peer is None:
-                peer = self._peer(address, index)
-            decision = receive(data, peer, now)
+            if address == flow_sender and data.startswith(flow_key, 8) and \
+                    check_ipv6(data) is None:
+                decision: object = FORWARD
+            else:
+                peer = peers.get(address)
+                if peer is None:
+                    peer = self._peer(address, index)
+                decision = receive(data, peer, now)
+                if decision is FORWARD:
+                    flow_sender, flow_key = address, data[8:40]
             if decision is FORWARD:
                 tun_write(data)
                 packets += 1
@@ -270,37 +285,61 @@ class GatewayDaemon:
         return peer
 
     def _from_home(self, now: float) -> None:
-        receive = self.gateway.receive_from_home
+        receive, client_mtu = self.gateway.receive_from_home, self.gateway.client_mtu
         read, tun_write = self.tun.read, self.tun.write
+        send_run = self._gso.send_run
         listeners = self.listeners
         ntoa = socket.inet_ntoa
         last_peer = -1
         target: tuple[str, int] = ("", 0)
         sock: socket.socket | None = None
+        # Within a batch, a packet to the destination of a packet the core sent to a client, no
+        # larger than that client's MTU, goes to the same client (Gateway.receive_from_home
+        # says why), so only its well-formedness is checked again.
+        flow_dst = b""
+        flow_limit = flow_peer = 0  # nothing matches until the core has decided once
+        # Consecutive packets of one size to one client leave as one UDP GSO message.
+        run: list[bytes] = []
+        size = limit = 0
         packets = octets = 0
         for _ in range(BATCH):
             packet = read()
             if packet is None:
                 break
-            decision = receive(packet, now)
+            if len(packet) <= flow_limit and packet.startswith(flow_dst, 24) and \
+                    check_ipv6(packet) is None:
+                decision: object = flow_peer
+            else:
+                decision = receive(packet, now)
             if type(decision) is int:
                 if decision != last_peer:
+                    if run and sock is not None:
+                        sent = send_run(run, size, target, sock)
+                        packets += sent
+                        octets += sent * size
+                    run = []
                     last_peer = decision
                     target = (ntoa((decision >> 24).to_bytes(4, "big")), decision >> 8 & 0xFFFF)
                     sock = listeners[decision & 0xFF]
+                flow_peer, flow_dst, flow_limit = decision, packet[24:40], client_mtu(decision)
                 if sock is None:
                     continue  # its listener was removed by a reload; the state will age out
-                try:
-                    sock.sendto(packet, target)
-                except OSError as exc:
-                    if exc.errno not in (errno.EAGAIN, errno.EMSGSIZE, errno.ECONNREFUSED,
-                                         errno.EHOSTUNREACH, errno.ENETUNREACH):
-                        raise
+                if len(packet) == size and len(run) < limit:
+                    run.append(packet)
                     continue
-                packets += 1
-                octets += len(packet)
+                if run:
+                    sent = send_run(run, size, target, sock)
+                    packets += sent
+                    octets += sent * size
+                run = [packet]
+                size = len(packet)
+                limit = gso_limit(size)
             elif type(decision) is Reply:
                 tun_write(decision.packet)
+        if run and sock is not None:
+            sent = send_run(run, size, target, sock)
+            packets += sent
+            octets += sent * size
         self.packets["to_client"] += packets
         self.octets["to_client"] += octets
 
@@ -338,6 +377,16 @@ class GatewayDaemon:
             packets=dict(self.packets), bytes=dict(self.octets),
             drops={reason.value: count for reason, count in self.gateway.drops.items()},
             client_mtu_lowered=self.mtu_lowered, reloads=self.reloads)
+
+
+# A datagram to a client that cannot leave is lost like any packet a router cannot forward.
+_SEND_DROPS = (errno.EAGAIN, errno.ENOBUFS, errno.EMSGSIZE, errno.ECONNREFUSED,
+               errno.EHOSTUNREACH, errno.ENETUNREACH)
+
+
+def _send_failed(exc: OSError, lost: int) -> None:
+    if exc.errno not in _SEND_DROPS:
+        raise exc
 
 
 def check_privileges() -> str | None:

@@ -137,6 +137,24 @@ def flood(sock: socket.socket, args: argparse.Namespace) -> dict[str, Any]:
     return {"sent": sent}
 
 
+def burst(sock: socket.socket, args: argparse.Namespace) -> dict[str, Any]:
+    """One flow's packets back to back, each followed by its malformed twins (same addresses)
+    and by a copy from another UDP port: sent while the gateway is stopped, they reach it in one
+    batch, where it takes a shortcut for the rest of a flow the core has forwarded."""
+    src, dst = ipaddress.IPv6Address(args.src).packed, ipaddress.IPv6Address(args.dst).packed
+    good = build_ipv6(src, dst, NEXT_HEADER_NONE, b"")
+    bad_length = good[:4] + (8).to_bytes(2, "big") + good[6:]
+    bad_version = bytes([0x40]) + good[1:]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as spoofer:
+        spoofer.connect(sock.getpeername())  # same IPv4 address, other port: ipv4_mismatch
+        for _ in range(args.count):
+            sock.send(good)
+            sock.send(bad_length)
+            sock.send(bad_version)
+            spoofer.send(good)
+    return {"sent": args.count}
+
+
 MALFORMED: dict[str, bytes] = {
     "empty": b"",
     "39_bytes": bytes([0x60]) + bytes(38),
@@ -184,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dst", required=True)
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--duration", type=float, default=2.0)
+    p = commands.add_parser("burst")
+    p.add_argument("--src", required=True)
+    p.add_argument("--dst", required=True)
+    p.add_argument("--count", type=int, default=20)
     commands.add_parser("malformed")
     args = parser.parse_args(argv)
 
@@ -192,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     sock.bind(args.bind)
     sock.connect(args.gateway)
     handler = {"echo": echo, "keepalive": keepalive, "send": send, "udp": udp, "flood": flood,
-               "malformed": malformed}[args.command]
+               "burst": burst, "malformed": malformed}[args.command]
     result = handler(sock, args)
     result["local"] = "{}:{}".format(*sock.getsockname())
     json.dump(result, sys.stdout)

@@ -221,6 +221,13 @@ class Gateway:
     # --- packets from a client (UDP side) --------------------------------------------------------
 
     def receive_from_client(self, packet: bytes, peer: Peer, now: float) -> Forward | Reply | Drop:
+        """Forward this client's packet home, answer it (a keepalive), or drop it.
+
+        The decision depends only on `peer`, the packet's well-formedness (check_ipv6), its
+        source and destination (bytes 8-40) and the tables. A FORWARD leaves the tables so that
+        a packet alike in those returns FORWARD again at the same `now`; the daemon relies on
+        this to skip the core for the rest of a flow within one batch.
+        """
         reason = check_ipv6(packet)
         if reason is not None:
             return self._drop(reason)
@@ -298,7 +305,12 @@ class Gateway:
     # --- packets from the home side (TUN) --------------------------------------------------------
 
     def receive_from_home(self, packet: bytes, now: float) -> Peer | Reply | Drop:
-        """Where to send this packet: the client's peer, a Packet Too Big back home, or a drop."""
+        """Where to send this packet: the client's peer, a Packet Too Big back home, or a drop.
+
+        Once this returns a peer, a well-formed packet to the same destination and no larger
+        than client_mtu(peer) returns the same peer at the same `now`, whatever its source;
+        the daemon relies on this to skip the core for the rest of a flow within one batch.
+        """
         reason = check_ipv6(packet)
         if reason is not None:
             return self._drop(reason)
@@ -346,7 +358,8 @@ class Gateway:
         return lowered
 
     def client_mtu(self, peer: Peer) -> int:
-        return self._client_mtu.get(peer, self.policy.mtu)
+        """The largest packet sent to `peer` without a Packet Too Big."""
+        return min(self._client_mtu.get(peer, self.policy.mtu), self.policy.mtu)
 
     # --- expiry ---
 

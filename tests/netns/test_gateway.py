@@ -216,3 +216,46 @@ def test_fragmentation_needed_lowers_one_clients_mtu(lab: Lab) -> None:
     assert drops(lab, "too_big") >= 1
     # Small packets still go through.
     assert client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent)["received"] == 1
+
+
+def test_a_batch_of_one_flow_with_bad_twins_mixed_in(lab: Lab) -> None:
+    """Within one batch the gateway skips the core for the rest of a flow it forwarded; every
+    malformed or spoofed packet with the flow's addresses must still be dropped by name."""
+    gateway = lab.start_gateway()
+    gateway.send_signal(signal.SIGSTOP)  # everything below then arrives in one batch
+    try:
+        client(lab, "burst", "--src", SRC, "--dst", lab.addr.home_agent, "--count", "20")
+    finally:
+        gateway.send_signal(signal.SIGCONT)
+    wait_metric(lab, lambda m: m['m6t_gateway_drops_total{reason="ipv4_mismatch"}'] == 20,
+                "the spoofed copies to be dropped")
+    metrics = lab.metrics()
+    assert metrics['m6t_gateway_packets_total{direction="from_client"}'] == 20
+    assert metrics['m6t_gateway_drops_total{reason="bad_length"}'] == 20
+    assert metrics['m6t_gateway_drops_total{reason="bad_version"}'] == 20
+
+
+def test_a_batch_from_home_still_gets_packet_too_big_past_the_clients_mtu(lab: Lab) -> None:
+    """Within one batch from home, the shortcut for a flow to a client must not let through a
+    packet larger than that client's MTU: it gets a Packet Too Big, as without the shortcut."""
+    gateway = lab.start_gateway()
+    assert client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent)["received"] == 1
+    lab.python("nat", "m6t.lab.inject", "--from", lab.addr.nat_wan, "--quoted-src",
+               f"{lab.addr.gw_wan}:3544", "--quoted-dst", f"{lab.addr.nat_wan}:40001",
+               "--mtu", "1308")  # the client's tunnel MTU becomes 1280
+    wait_metric(lab, lambda m: m["m6t_gateway_client_mtu_lowered_total"] == 1, "MTU 1280")
+    before = lab.metrics()
+    gateway.send_signal(signal.SIGSTOP)
+    try:
+        for size in ("56", "1300", "56"):  # 104, 1348 and 104 bytes
+            lab.run("ha", ["ping", "-6", "-n", "-c", "3", "-i", "0.01", "-W", "0.2", "-s", size,
+                           "-M", "do", SRC], check=False)
+    finally:
+        gateway.send_signal(signal.SIGCONT)
+
+    def grew(metrics: dict[str, float], name: str) -> float:
+        return metrics[name] - before[name]
+
+    wait_metric(lab, lambda m: grew(m, 'm6t_gateway_drops_total{reason="too_big"}') == 3,
+                "three Packet Too Big")
+    assert grew(lab.metrics(), 'm6t_gateway_packets_total{direction="to_client"}') == 6

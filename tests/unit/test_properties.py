@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from m6t.linux.udp import FragmentationNeeded, parse_fragmentation_needed
@@ -270,6 +270,50 @@ def test_receive_from_home_never_raises(packet: bytes, now: float) -> None:
     else:
         assert isinstance(decision, Drop)
         assert gateway.drops == Counter({decision.reason: 1})
+
+
+# The daemon skips the core for the rest of a flow within one batch (m6t/gateway/daemon.py):
+# these are the promises in receive_from_client's and receive_from_home's docstrings it rests on.
+flow_addresses = st.sampled_from([*CLIENTS[:3], HOME_AGENT, HOME_HOST, OUTSIDER])
+
+
+@BOUNDED
+@given(packets, st.sampled_from(CLIENTS[:3]), st.sampled_from(PEERS), next_headers, payloads,
+       st.floats(10.0, 20.0))
+def test_a_forwarded_client_flow_stays_forwarded_within_a_batch(
+        first: bytes, src: bytes, peer: int, next_header: int, payload: bytes,
+        now: float) -> None:
+    gateway = populated_gateway()
+    if gateway.receive_from_client(first, peer, now) is not FORWARD:
+        first = build_ipv6(src, HOME_AGENT, 50, b"first")
+    assume(gateway.receive_from_client(first, peer, now) is FORWARD)
+    drops = Counter(gateway.drops)
+    same_flow = build_ipv6(first[8:24], first[24:40], next_header, payload)
+    assert gateway.receive_from_client(same_flow, peer, now) is FORWARD
+    assert gateway.drops == drops
+
+
+@BOUNDED
+@given(packets, st.sampled_from(CLIENTS[:2]), flow_addresses, next_headers, payloads,
+       st.floats(10.0, 20.0))
+def test_a_home_flow_goes_to_the_same_client_within_a_batch(
+        first: bytes, dst: bytes, other_src: bytes, next_header: int, payload: bytes,
+        now: float) -> None:
+    gateway = populated_gateway()
+    peer = gateway.receive_from_home(first, now)
+    if not isinstance(peer, int):
+        first = build_ipv6(HOME_AGENT, dst, 50, b"first")
+        peer = gateway.receive_from_home(first, now)
+    assume(isinstance(peer, int))
+    assert isinstance(peer, int)
+    drops = Counter(gateway.drops)
+    same_flow = build_ipv6(other_src, first[24:40], next_header, payload)
+    decision = gateway.receive_from_home(same_flow, now)
+    if len(same_flow) <= gateway.client_mtu(peer):
+        assert decision == peer
+        assert gateway.drops == drops
+    else:
+        assert isinstance(decision, Reply | Drop)  # Packet Too Big, or its budget spent
 
 
 # --- random sequences -------------------------------------------------------------------------
