@@ -70,10 +70,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from PySide6.QtWidgets import QApplication
 
+    from m6t_desktop import single_instance
     from m6t_desktop.app import DesktopApp, Options
     from m6t_desktop.icons import app_icon
+    from m6t_desktop.single_instance import HandOver
 
     application = QApplication(["m6t-desktop"])  # also the X11 WM_CLASS instance name
+    claim = single_instance.claim(single_instance.server_name(application.platformName()))
+    if claim.hand_over is HandOver.SHOWN:
+        print("m6t-desktop is already running; showing its window", file=sys.stderr)
+        return 0
+    if claim.hand_over is HandOver.NO_ANSWER:
+        print("m6t-desktop is already running but does not answer; not starting another one",
+              file=sys.stderr)
+        return 1
     application.setApplicationName("m6t-desktop")
     application.setApplicationDisplayName("m6t desktop")
     application.setDesktopFileName("m6t-desktop")
@@ -83,10 +93,14 @@ def main(argv: list[str] | None = None) -> int:
                       connect=args.connect, autostart=args.autostart,
                       notifications=not args.no_notifications)
     app = DesktopApp(options)
+    if claim.server is not None:
+        claim.server.showRequested.connect(app.show_status)
     app.start()
     keep = quit_on_signals(app.quit, (signal.SIGINT, signal.SIGTERM))
     code = application.exec()
     del keep
+    if claim.server is not None:
+        claim.server.close()
     return code
 
 
