@@ -1,6 +1,7 @@
 """Wires the app together: the profiles store, the helper connection, AppState and the
-controller; the tray icon when there is a tray host, else the status window as the main window;
-notifications; the autostart entry. Windows are created when first shown."""
+controller; the tray icon when there is a tray host (also one that appears later), else the
+status window as the main window; notifications; the autostart entry. Windows are created when
+first shown."""
 
 from __future__ import annotations
 
@@ -72,6 +73,7 @@ class DesktopApp(QObject):
                                  available=tray_available)
             self.tray.statusRequested.connect(self.toggle_status)
             self.tray.profilesRequested.connect(self.show_profiles)
+            self.tray.hostAppeared.connect(self._follow_tray)
         self._shut_down = False
         self._status_window: StatusWindow | None = None
         self._editor: ProfilesEditor | None = None
@@ -142,18 +144,25 @@ class DesktopApp(QObject):
         if remember:
             self.settings.setValue("tray/visible", visible)
         shown = self.tray.set_wanted_visible(visible) if self.tray is not None else False
-        QApplication.setQuitOnLastWindowClosed(not shown)
-        if self._status_window is not None:
-            window = self.status_window()
-            window.quit_on_close = not shown
-            window.tray_action.blockSignals(True)
-            window.tray_action.setChecked(shown)
-            window.tray_action.setEnabled(self.tray is not None and (
-                shown or QSystemTrayIcon.isSystemTrayAvailable()))
-            window.tray_action.blockSignals(False)
-            if not shown:
-                self.show_status()
+        self._follow_tray()
+        if self._status_window is not None and not shown:
+            self.show_status()
         return shown
+
+    def _follow_tray(self) -> None:
+        """Closing the status window quits only while there is no tray icon to come back to;
+        its menu offers the icon once there is a tray host. Also when a host appears late:
+        the window stays as it is."""
+        shown = self.tray_shown
+        QApplication.setQuitOnLastWindowClosed(not shown)
+        window = self._status_window
+        if window is None:
+            return
+        window.quit_on_close = not shown
+        window.tray_action.blockSignals(True)
+        window.tray_action.setChecked(shown)
+        window.tray_action.setEnabled(self.tray is not None and (shown or self.tray.available()))
+        window.tray_action.blockSignals(False)
 
     # --- windows ---
 
@@ -165,12 +174,9 @@ class DesktopApp(QObject):
             window.profilesRequested.connect(self.show_profiles)
             window.trayIconToggled.connect(self.set_tray_visible)
             window.autostartToggled.connect(self.set_autostart)
-            window.quit_on_close = not self.tray_shown
-            window.tray_action.setChecked(self.tray_shown)
-            window.tray_action.setEnabled(self.tray is not None and (
-                self.tray_shown or QSystemTrayIcon.isSystemTrayAvailable()))
             window.autostart_action.setChecked(autostart.is_enabled())
             self._status_window = window
+            self._follow_tray()
         return self._status_window
 
     def show_status(self) -> None:

@@ -2,13 +2,14 @@
 AppState every time the state changes (and just before it opens).
 
 Shown only when a tray host exists (QSystemTrayIcon.isSystemTrayAvailable); without one the app
-makes the status window its main window, and notifications still go through D-Bus."""
+makes the status window its main window, and notifications still go through D-Bus. A host that
+starts later (a panel after the app, at login) is noticed by polling, and the icon shows up."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QGuiApplication, QIcon
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
@@ -18,6 +19,8 @@ from m6t_desktop.icons import state_icon
 from m6t_desktop.models import AppState
 from m6t_desktop.profiles_store import ProfilesStore
 from m6t_desktop.wording import DisplayState
+
+HOST_POLL_MS = 3000  # how often to look for a tray host while there is none
 
 
 def menu_profile(state: AppState, profiles: ProfilesStore) -> str | None:
@@ -35,6 +38,7 @@ def menu_profile(state: AppState, profiles: ProfilesStore) -> str | None:
 class TrayIcon(QObject):
     statusRequested = Signal()
     profilesRequested = Signal()
+    hostAppeared = Signal()  # a tray host showed up after start-up (the icon may now show)
 
     def __init__(self, state: AppState, controller: Controller, profiles: ProfilesStore,
                  parent: QObject | None = None, *,
@@ -50,6 +54,9 @@ class TrayIcon(QObject):
         self.icon = QSystemTrayIcon(self)
         self.icon.setContextMenu(self.menu)
         self.icon.activated.connect(self._activated)
+        self.host_poll = QTimer(self)  # Qt has no signal for a tray host that appears
+        self.host_poll.setInterval(HOST_POLL_MS)
+        self.host_poll.timeout.connect(self._look_for_host)
         self._display: DisplayState | None = None
         self._tooltip = ""
         state.changed.connect(self.refresh)
@@ -64,13 +71,27 @@ class TrayIcon(QObject):
         return self.icon.isVisible()
 
     def set_wanted_visible(self, visible: bool) -> bool:
-        """Show or hide the icon; returns whether it is visible (never without a tray host)."""
+        """Show or hide the icon; returns whether it is visible (never without a tray host).
+        Without a host, keep looking for one until it appears."""
         self.wanted_visible = visible
-        if visible and self.available():
+        available = self.available()
+        if visible and available:
             self.icon.show()
         else:
             self.icon.hide()
+        if available:
+            self.host_poll.stop()
+        elif not self.host_poll.isActive():
+            self.host_poll.start()
         return self.icon.isVisible()
+
+    def _look_for_host(self) -> None:
+        if not self.available():
+            return
+        self.host_poll.stop()
+        if self.wanted_visible:
+            self.icon.show()
+        self.hostAppeared.emit()
 
     # --- rendering ---
 
@@ -164,6 +185,7 @@ class TrayIcon(QObject):
                 lambda: self.controller.quit(disconnect=True))
 
     def close(self) -> None:
+        self.host_poll.stop()
         self.icon.hide()
         self.icon.setContextMenu(None)  # type: ignore[arg-type]
         self.menu.deleteLater()

@@ -22,7 +22,7 @@ from m6t_desktop.app import DesktopApp, Options
 from m6t_desktop.client import Link
 from m6t_desktop.traffic_graph import RX_COLOUR, TX_COLOUR
 from m6t_desktop.wording import NO_VALUE, DisplayState
-from tests.desktop.conftest import HOME, OFFICE
+from tests.desktop.conftest import HOME, OFFICE, OFFSCREEN_LIMITS
 from tests.fake_helper import FakeHelper, RpcError, status_for
 
 AppFactory = Callable[..., DesktopApp]
@@ -40,10 +40,10 @@ def make_app(qtbot: QtBot, socket_path: Path, profiles_path: Path,
              short_dir: Path) -> Iterator[AppFactory]:
     made: list[DesktopApp] = []
 
-    def make(**options: Any) -> DesktopApp:
+    def make(tray_available: Callable[[], bool] = lambda: False, **options: Any) -> DesktopApp:
         app = DesktopApp(Options(socket=str(socket_path), profiles=profiles_path,
                                  settings=short_dir / "desktop.ini", notifications=False,
-                                 **options), tray_available=lambda: False)
+                                 **options), tray_available=tray_available)
         app.connection._min_delay = app.connection._delay = 0.02  # quick retries in tests
         app.connection._max_delay = 0.2
         made.append(app)
@@ -370,6 +370,52 @@ def test_without_a_tray_the_status_window_is_the_main_window(
     assert not app.tray_shown
     with qtbot.waitSignal(app.controller.quitRequested):
         window.close()  # closing the main window quits (the tunnels keep running)
+
+
+class TrayHost:
+    """Whether a tray host exists, as the app sees it; a test starts one when it likes."""
+
+    def __init__(self) -> None:
+        self.running = False
+
+    def __call__(self) -> bool:
+        return self.running
+
+
+# Showing a tray icon offscreen, Qt looks for a signal that platform does not have.
+TRAY_ICON_OFFSCREEN = "No such signal QPlatformNativeInterface::systemTrayWindowChanged"
+
+
+@pytest.mark.qt_log_ignore(*OFFSCREEN_LIMITS, TRAY_ICON_OFFSCREEN)
+def test_a_tray_host_that_starts_later_gets_the_icon(qtbot: QtBot, make_app: AppFactory) -> None:
+    host = TrayHost()
+    app = make_app(tray_available=host)
+    assert app.tray is not None
+    window = app.status_window()
+    assert window.isVisible() and window.quit_on_close and not app.tray_shown
+    assert not window.tray_action.isEnabled()
+    assert app.tray.host_poll.isActive()
+    app.tray.host_poll.setInterval(20)  # quick polls in tests
+    host.running = True  # a panel starts
+    qtbot.waitUntil(lambda: app.tray_shown, timeout=2000)
+    assert not app.tray.host_poll.isActive()
+    assert window.isVisible()  # kept as it was; closing it now leaves the app in the tray
+    assert not window.quit_on_close and not QApplication.quitOnLastWindowClosed()
+    assert window.tray_action.isEnabled() and window.tray_action.isChecked()
+
+
+def test_a_late_tray_host_leaves_a_hidden_icon_hidden(qtbot: QtBot,
+                                                      make_app: AppFactory) -> None:
+    host = TrayHost()
+    app = make_app(tray_available=host, hide_tray=True)
+    assert app.tray is not None
+    window = app.status_window()
+    app.tray.host_poll.setInterval(20)
+    with qtbot.waitSignal(app.tray.hostAppeared, timeout=2000):
+        host.running = True
+    assert not app.tray_shown and not app.tray.host_poll.isActive()
+    assert window.isVisible() and window.quit_on_close
+    assert window.tray_action.isEnabled() and not window.tray_action.isChecked()
 
 
 def test_autostart_connects_the_default_profile(qtbot: QtBot, helper: FakeHelper,
