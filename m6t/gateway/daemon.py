@@ -311,6 +311,8 @@ class GatewayDaemon:
                 decision: object = flow_peer
             else:
                 decision = receive(packet, now)
+                if type(decision) is int:
+                    flow_peer, flow_dst, flow_limit = decision, packet[24:40], client_mtu(decision)
             if type(decision) is int:
                 if decision != last_peer:
                     if run and sock is not None:
@@ -321,7 +323,6 @@ class GatewayDaemon:
                     last_peer = decision
                     target = (ntoa((decision >> 24).to_bytes(4, "big")), decision >> 8 & 0xFFFF)
                     sock = listeners[decision & 0xFF]
-                flow_peer, flow_dst, flow_limit = decision, packet[24:40], client_mtu(decision)
                 if sock is None:
                     continue  # its listener was removed by a reload; the state will age out
                 if len(packet) == size and len(run) < limit:
