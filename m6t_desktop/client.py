@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 import msgspec
-from PySide6.QtCore import QFileSystemWatcher, QObject, QTimer, Signal
+from PySide6.QtCore import QFileSystemWatcher, QObject, QTimer, Signal, SignalInstance
 from PySide6.QtNetwork import QLocalSocket
 
 from m6t.control import schema
@@ -32,35 +32,35 @@ _encoder = msgspec.json.Encoder()
 # --- typed events (docs/control-api.md, "Events") ---
 
 
-class StateEvent(msgspec.Struct, tag="state", tag_field="type", kw_only=True):
+class TunnelEvent(msgspec.Struct, tag_field="type", kw_only=True):
+    """What every event carries: its `type` (the tag) and the tunnel and profile it is about.
+    Each subclass repeats kw_only=True: msgspec applies it to a class's own fields only."""
+
     tunnel: str
     profile: str
+
+
+class StateEvent(TunnelEvent, tag="state", kw_only=True):
     state: TunnelState
     cause: str
     status: TunnelStatus
     message: str | None = None
 
 
-class AddressEvent(msgspec.Struct, tag="address", tag_field="type", kw_only=True):
-    tunnel: str
-    profile: str
+class AddressEvent(TunnelEvent, tag="address", kw_only=True):
     address: str
     previous: str | None
     reason: str
     at: float
 
 
-class MtuEvent(msgspec.Struct, tag="mtu", tag_field="type", kw_only=True):
-    tunnel: str
-    profile: str
+class MtuEvent(TunnelEvent, tag="mtu", kw_only=True):
     mtu: int
     previous: int | None = None
     reason: str
 
 
-class TrafficEvent(msgspec.Struct, tag="traffic", tag_field="type", kw_only=True):
-    tunnel: str
-    profile: str
+class TrafficEvent(TunnelEvent, tag="traffic", kw_only=True):
     rx_bytes: int
     tx_bytes: int
     rx_packets: int
@@ -70,9 +70,8 @@ class TrafficEvent(msgspec.Struct, tag="traffic", tag_field="type", kw_only=True
     rtt_ms: float | None = None
 
 
-class RemovedEvent(msgspec.Struct, tag="removed", tag_field="type", kw_only=True):
-    tunnel: str
-    profile: str
+class RemovedEvent(TunnelEvent, tag="removed", kw_only=True):
+    pass
 
 
 Event = StateEvent | AddressEvent | MtuEvent | TrafficEvent | RemovedEvent
@@ -129,24 +128,23 @@ class Reply(QObject):
         self._timer: QTimer | None = None
 
     def _succeed(self, result: Any) -> None:
-        if self.done:
-            return
-        self.done, self.result = True, result
-        self._stop_timer()
-        self.succeeded.emit(result)
-        self.deleteLater()
+        if not self.done:
+            self.result = result
+            self._settle(self.succeeded, result)
 
     def _fail(self, error: CallError) -> None:
-        if self.done:
-            return
-        self.done, self.error = True, error
-        self._stop_timer()
-        self.failed.emit(error)
-        self.deleteLater()
+        if not self.done:
+            self.error = error
+            self._settle(self.failed, error)
 
-    def _stop_timer(self) -> None:
+    def _settle(self, outcome: SignalInstance, value: object) -> None:
+        """The one way a call ends, whichever comes first (answer, error, timeout, lost link):
+        later outcomes find it done and are ignored."""
+        self.done = True
         if self._timer is not None:
             self._timer.stop()
+        outcome.emit(value)
+        self.deleteLater()
 
 
 # --- the link ---
