@@ -140,6 +140,18 @@ def subcommands(parser: argparse.ArgumentParser) -> list[tuple[str, str, argpars
     return found
 
 
+# Both clients find the helper and the profiles the same way (m6t.control.client.socket_path,
+# m6t.profiles), so their pages say it in the same words; each adds its own variables after.
+CLIENT_ENVIRONMENT = """\
+.SH ENVIRONMENT
+.TP
+.B M6T_SOCKET
+the helper's control socket, when \\fB\\-\\-socket\\fR is not given.
+.TP
+.B M6T_PROFILES
+the profiles file, when \\fB\\-\\-profiles\\fR is not given.
+"""
+
 PAGES: dict[str, dict[str, object]] = {
     "m6t": {
         "module": "m6t.cli", "entry": "build_parser_main", "section": 1,
@@ -159,14 +171,7 @@ and log in again.
 .PP
 Human output is short; \\fB\\-\\-json\\fR prints the helper's records unchanged, for scripts.
 Every failure is one line on standard error.""",
-        "extra": """\
-.SH ENVIRONMENT
-.TP
-.B M6T_SOCKET
-the helper's control socket, when \\fB\\-\\-socket\\fR is not given.
-.TP
-.B M6T_PROFILES
-the profiles file, when \\fB\\-\\-profiles\\fR is not given.
+        "extra": CLIENT_ENVIRONMENT + """\
 .TP
 .B M6T_DEBUG
 set to 1 to get a traceback instead of a one\\-line internal error.
@@ -294,14 +299,7 @@ The system\\-wide entry
 .I /etc/xdg/autostart/m6t\\-desktop.desktop
 ships disabled (Hidden=true); an administrator who wants it for every user removes that line
 and sets X\\-GNOME\\-Autostart\\-enabled=true (dpkg keeps the edit across upgrades).""",
-        "extra": """\
-.SH ENVIRONMENT
-.TP
-.B M6T_SOCKET
-the helper's control socket, when \\fB\\-\\-socket\\fR is not given.
-.TP
-.B M6T_PROFILES
-the profiles file, when \\fB\\-\\-profiles\\fR is not given.
+        "extra": CLIENT_ENVIRONMENT + """\
 .TP
 .BR DISPLAY ", " WAYLAND_DISPLAY ", " QT_QPA_PLATFORM
 without one of these it refuses to start.
