@@ -858,6 +858,22 @@ def _add_profile_options(parser: argparse.ArgumentParser, adhoc: bool) -> None:
                            help="name of the ad hoc tunnel (default: adhoc)")
 
 
+def _add_profile_or_adhoc(command: argparse.ArgumentParser) -> None:
+    """connect and probe take a profile by NAME, or an ad hoc one from the options."""
+    command.add_argument("name", nargs="?", metavar="NAME",
+                         help="a profile of the profiles file (default: the default profile)")
+    _add_profile_options(command, adhoc=True)
+
+
+def _add_command(commands: argparse._SubParsersAction[_Parser], name: str,
+                 run: Callable[[argparse.Namespace], int],
+                 parents: Sequence[_Parser], help: str, **kwargs: Any) -> _Parser:
+    """A command and what runs it: main() calls `args.run(args)`."""
+    command = commands.add_parser(name, parents=parents, help=help, **kwargs)
+    command.set_defaults(run=run)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --socket and --profiles work before or after the command; SUPPRESS keeps a value given
     # before the command from being reset by the command's own (absent) option.
@@ -880,98 +896,79 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"m6t {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    command = commands.add_parser("status", parents=with_json, help="the tunnels, in short")
-    command.set_defaults(run=cmd_status)
+    _add_command(commands, "status", cmd_status, with_json, "the tunnels, in short")
 
-    command = commands.add_parser("connect", parents=with_json,
-                                  help="connect a profile (default: the default profile) or "
-                                       "an ad hoc one")
-    command.add_argument("name", nargs="?", metavar="NAME",
-                         help="a profile of the profiles file (default: the default profile)")
-    _add_profile_options(command, adhoc=True)
-    command.set_defaults(run=cmd_connect)
+    command = _add_command(commands, "connect", cmd_connect, with_json,
+                           "connect a profile (default: the default profile) or an ad hoc one")
+    _add_profile_or_adhoc(command)
 
-    command = commands.add_parser("disconnect", parents=with_json,
-                                  help="disconnect a tunnel (all when NAME is omitted)")
+    command = _add_command(commands, "disconnect", cmd_disconnect, with_json,
+                           "disconnect a tunnel (all when NAME is omitted)")
     command.add_argument("name", nargs="?", metavar="NAME")
-    command.set_defaults(run=cmd_disconnect)
 
-    command = commands.add_parser("probe", parents=with_json,
-                                  help="which ports of a gateway answer, and how fast")
-    command.add_argument("name", nargs="?", metavar="NAME",
-                         help="a profile of the profiles file (default: the default profile)")
-    _add_profile_options(command, adhoc=True)
+    command = _add_command(commands, "probe", cmd_probe, with_json,
+                           "which ports of a gateway answer, and how fast")
+    _add_profile_or_adhoc(command)
     command.add_argument("--timeout", type=_seconds, metavar="S", help="seconds per port")
-    command.set_defaults(run=cmd_probe)
 
-    command = commands.add_parser("probe-mtu", parents=with_json,
-                                  help="the largest packet a connected tunnel carries")
+    command = _add_command(commands, "probe-mtu", cmd_probe_mtu, with_json,
+                           "the largest packet a connected tunnel carries")
     command.add_argument("name", metavar="NAME")
-    command.set_defaults(run=cmd_probe_mtu)
 
-    command = commands.add_parser("set-mtu", parents=with_json, help="change a tunnel's MTU")
+    command = _add_command(commands, "set-mtu", cmd_set_mtu, with_json, "change a tunnel's MTU")
     command.add_argument("name", metavar="NAME")
     command.add_argument("mtu", type=_mtu, metavar="N|auto")
-    command.set_defaults(run=cmd_set_mtu)
 
-    command = commands.add_parser("regenerate", parents=with_json,
-                                  help="give a tunnel a new random address now")
+    command = _add_command(commands, "regenerate", cmd_regenerate, with_json,
+                           "give a tunnel a new random address now")
     command.add_argument("name", metavar="NAME")
-    command.set_defaults(run=cmd_regenerate)
 
-    command = commands.add_parser("watch", parents=parent,
-                                  help="print the helper's events as JSON lines until Ctrl-C",
-                                  description="First a `state` event per tunnel (how things "
-                                              "are now), then every event as it comes.")
+    command = _add_command(commands, "watch", cmd_watch, parent,
+                           "print the helper's events as JSON lines until Ctrl-C",
+                           description="First a `state` event per tunnel (how things are now), "
+                                       "then every event as it comes.")
     output = command.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="JSON lines (the default)")
     output.add_argument("--text", action="store_true", help="short lines for humans")
     command.add_argument("--count", type=_positive, help=argparse.SUPPRESS)  # stop after N
-    command.set_defaults(run=cmd_watch)
 
     prefix = commands.add_parser("prefix", parents=parent, help="tunnel prefixes")
     prefix_commands = prefix.add_subparsers(dest="prefix_command", metavar="COMMAND",
                                             required=True)
-    command = prefix_commands.add_parser("new", parents=with_json,
-                                         help="a fresh RFC 4193 /80 for a client")
+    command = _add_command(prefix_commands, "new", cmd_prefix_new, with_json,
+                           "a fresh RFC 4193 /80 for a client")
     command.add_argument("--subnet", type=_id_of(SUBNET_ID_BITS), default=0, metavar="N",
                          help="16-bit subnet ID (default 0)")
     command.add_argument("--mn-id", type=_id_of(MN_ID_BITS), metavar="N",
                          help="16-bit mobile node ID (default: random)")
     command.add_argument("--site", metavar="PFX/48",
                          help="an existing /48 (default: a fresh RFC 4193 one)")
-    command.set_defaults(run=cmd_prefix_new)
 
     book = commands.add_parser("profiles", parents=parent, help="the profiles file")
     book_commands = book.add_subparsers(dest="profiles_command", metavar="COMMAND",
                                         required=True)
-    command = book_commands.add_parser("list", parents=with_json, help="the profiles")
-    command.set_defaults(run=cmd_profiles_list)
-    command = book_commands.add_parser("add", parents=parent, help="add a profile")
+    _add_command(book_commands, "list", cmd_profiles_list, with_json, "the profiles")
+    command = _add_command(book_commands, "add", cmd_profiles_add, parent, "add a profile")
     command.add_argument("name", metavar="NAME")
     _add_profile_options(command, adhoc=False)
     command.add_argument("--auto-connect", action="store_true",
                          help="the desktop app connects it at login")
     command.add_argument("--default", action="store_true", help="make it the default")
     command.add_argument("--replace", action="store_true", help="replace a profile of that name")
-    command.set_defaults(run=cmd_profiles_add)
-    command = book_commands.add_parser("remove", parents=parent, help="remove a profile")
+    command = _add_command(book_commands, "remove", cmd_profiles_remove, parent,
+                           "remove a profile")
     command.add_argument("name", metavar="NAME")
-    command.set_defaults(run=cmd_profiles_remove)
-    command = book_commands.add_parser("import", parents=parent,
-                                       help="merge the profiles of a TOML file (- for stdin)")
+    command = _add_command(book_commands, "import", cmd_profiles_import, parent,
+                           "merge the profiles of a TOML file (- for stdin)")
     command.add_argument("file", metavar="FILE")
     command.add_argument("--replace", action="store_true",
                          help="replace profiles of the same name that differ")
-    command.set_defaults(run=cmd_profiles_import)
-    command = book_commands.add_parser("export", parents=parent,
-                                       help="write the profiles as TOML (stdout without FILE)")
+    command = _add_command(book_commands, "export", cmd_profiles_export, parent,
+                           "write the profiles as TOML (stdout without FILE)")
     command.add_argument("file", nargs="?", metavar="FILE")
-    command.set_defaults(run=cmd_profiles_export)
-    command = book_commands.add_parser("default", parents=parent,
-                                       help="set the default profile (show it without NAME)")
+    command = _add_command(book_commands, "default", cmd_profiles_default, parent,
+                           "set the default profile (show it without NAME)")
     command.add_argument("name", nargs="?", metavar="NAME")
-    command.set_defaults(run=cmd_profiles_default)
     return parser
 
 
