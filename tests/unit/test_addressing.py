@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,6 +16,7 @@ from m6t.protocol.addressing import (
     rfc4193_global_id,
     ula_prefix,
 )
+from tests.unit.helpers import ScriptedRandbits
 
 ALL_ONES_48 = (1 << 48) - 1
 EUI64 = bytes.fromhex("0211 22ff fe33 4455".replace(" ", ""))
@@ -205,18 +205,6 @@ def test_new_random_suffix_avoids_taken_values() -> None:
         assert suffix not in taken
         taken.add(suffix)
     assert len(taken) == 500
-
-
-class ScriptedRandbits:
-    """Stands in for secrets.randbits: hands out the given values in order."""
-
-    def __init__(self, values: list[int]) -> None:
-        self._values: Iterator[int] = iter(values)
-        self.requested_bits: list[int] = []
-
-    def __call__(self, bits: int) -> int:
-        self.requested_bits.append(bits)
-        return next(self._values)
 
 
 def test_new_random_suffix_retries_until_free(monkeypatch: pytest.MonkeyPatch) -> None:

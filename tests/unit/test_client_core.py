@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from m6t.protocol.addressing import TunnelPrefix
@@ -48,9 +48,7 @@ from m6t.protocol.packets import (
     echo_reply_for,
     parse_echo,
 )
-
-BOUNDED = settings(max_examples=120, deadline=None, database=None,
-                   suppress_health_check=[HealthCheck.too_slow])
+from tests.unit.helpers import ScriptedRandbits, bounded
 
 PREFIX = TunnelPrefix.parse("fd6d:6d74:1:0:1::/80")
 HOME_AGENT = ipaddress.IPv6Address("fd48:4100::2").packed
@@ -218,18 +216,6 @@ def answer(packet: bytes) -> bytes:
     reply = echo_reply_for(packet)
     assert reply is not None
     return reply
-
-
-class ScriptedRandbits:
-    """Stands in for secrets.randbits: hands out the given values in order."""
-
-    def __init__(self, values: list[int]) -> None:
-        self._values: Iterator[int] = iter(values)
-        self.requested_bits: list[int] = []
-
-    def __call__(self, bits: int) -> int:
-        self.requested_bits.append(bits)
-        return next(self._values)
 
 
 def test_the_race_has_one_fresh_address_per_port() -> None:
@@ -626,7 +612,7 @@ def simulate(monitor: LivenessMonitor, step: float, data_at: list[float],
     raise AssertionError("unreachable")
 
 
-@BOUNDED
+@bounded(max_examples=120)
 @given(
     keepalive=st.floats(5.0, 60.0),
     probe_timeout=st.floats(0.2, 3.0),

@@ -39,6 +39,7 @@ from m6t.protocol.gateway import (
     pack_peer,
 )
 from m6t.protocol.packets import build_ipv6, build_keepalive, echo_reply_for
+from tests.unit.helpers import ScriptedRandbits
 
 SITE = ipaddress.IPv6Network("fd6d:6d74:1::/48")
 PREFIX = TunnelPrefix.compose(SITE, 0, 1)  # this MN's /80
@@ -406,17 +407,6 @@ def test_the_old_state_keeps_being_refreshed_by_the_home_side_only_while_it_talk
 # --- two tunnels on one /80 -------------------------------------------------------------------
 
 
-class ScriptedRandbits:
-    """Stands in for secrets.randbits: hands out the given values in order."""
-
-    def __init__(self, values: list[int]) -> None:
-        self._values = iter(values)
-
-    def __call__(self, bits: int) -> int:
-        assert bits == 48
-        return next(self._values)
-
-
 def test_two_tunnels_on_one_prefix_never_share_a_suffix(monkeypatch: pytest.MonkeyPatch) -> None:
     # "if the same prefix, subnet ID and MN ID are used for all the tunnel interfaces of the MN
     # (i.e. the same /80 prefix), then some local synchronization is required to prevent the
@@ -425,11 +415,12 @@ def test_two_tunnels_on_one_prefix_never_share_a_suffix(monkeypatch: pytest.Monk
     first, _ = connect(wifi)
     first_suffix = PREFIX.suffix_of(ipaddress.IPv6Address(first.address))
     # The second tunnel's generator happens to draw the first tunnel's value first.
-    monkeypatch.setattr("m6t.protocol.addressing.secrets.randbits",
-                        ScriptedRandbits([first_suffix, 0x2222, 0x3333, 0x4444]))
+    randbits = ScriptedRandbits([first_suffix, 0x2222, 0x3333, 0x4444])
+    monkeypatch.setattr("m6t.protocol.addressing.secrets.randbits", randbits)
     race = PortRace(PREFIX, HOME_AGENT.packed, list(GATEWAY_PORTS), wifi.clock.now,
                     taken=frozenset({first_suffix}), identifier=0x2)
     assert [c.suffix for c in race.candidates.values()] == [0x2222, 0x3333, 0x4444]
+    assert set(randbits.requested_bits) == {48}
 
 
 def test_without_the_taken_set_a_shared_suffix_collides_at_the_gateway(

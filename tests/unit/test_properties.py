@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from m6t.linux.udp import FragmentationNeeded, parse_fragmentation_needed
@@ -44,9 +44,9 @@ from m6t.protocol.packets import (
     parse_echo,
     parse_packet_too_big,
 )
+from tests.unit.helpers import bounded
 
-BOUNDED = settings(max_examples=250, deadline=None, database=None,
-                   suppress_health_check=[HealthCheck.too_slow])
+BOUNDED = bounded(max_examples=250)
 
 PREFIX = ipaddress.IPv6Network("fd6d:6d74:1::/48")
 HOME_AGENT = ipaddress.IPv6Address("fd48:4100::2").packed
@@ -373,7 +373,7 @@ def check_invariants(gateway: Gateway) -> None:
         assert deadline <= min(state.expires_at for state in states) + EXPIRY_TICK + 1e-9
 
 
-@settings(max_examples=200, deadline=None, database=None)
+@bounded(max_examples=200)
 @given(st.lists(operations, min_size=20, max_size=100))
 def test_random_sequences_keep_the_table_consistent_and_bounded(ops: list[object]) -> None:
     gateway = make_gateway()
