@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import socket
 import time
 from typing import Any, Literal
 
@@ -21,6 +19,7 @@ from m6t_helper.tunnel import Tunnel, race_ports, resolve_ipv4
 from m6t import __version__
 from m6t.control import schema
 from m6t.control.schema import Profile, ProfileError, validate_profile
+from m6t.linux import systemd
 from m6t.linux.netlink import Netlink
 from m6t.linux.udp import open_fragmentation_needed_listener, read_fragmentation_needed
 from m6t.protocol.client import tunnel_mtu_for_route
@@ -66,18 +65,6 @@ def _valid(profile: Profile) -> Profile:
                        {"field": f"profile.{exc.field}"}) from None
 
 
-def notify_systemd(message: str) -> None:
-    """Tell systemd (Type=notify) the control socket is up, so clients started after the
-    unit never race it. A no-op outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]  # abstract socket namespace
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(message.encode(), address)
-
-
 class Helper:
     def __init__(self, socket_path: str, group: str, others: str) -> None:
         self.loop = asyncio.get_running_loop()
@@ -113,7 +100,8 @@ class Helper:
             self.loop.add_signal_handler(signum, self._stop.set)
         ticker = self.loop.create_task(self._traffic_ticker())
         log.info("m6t-helper %s ready on %s", __version__, self.control.path)
-        notify_systemd("READY=1")
+        # Type=notify: a client started after the unit never races the control socket.
+        systemd.notify("READY=1")
         try:
             await self._stop.wait()
         finally:
