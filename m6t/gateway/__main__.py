@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="m6t-gateway",
         description="m6t tunnel gateway (draft-ebalard-mext-m6t-02): forwards IPv6-in-UDP/IPv4 "
                     "from mobile nodes to their home agents. Runs as root in the foreground; "
-                    "SIGHUP reloads the configuration, SIGTERM tears down cleanly.")
+                    "SIGHUP reloads the configuration, SIGTERM tears down cleanly. Under "
+                    "systemd ($NOTIFY_SOCKET) it reports ready, reloading and stopping.")
     parser.add_argument("--config", "-c", type=Path, required=True, help="TOML configuration")
     parser.add_argument("--check", action="store_true",
                         help="validate the configuration and exit (0 if valid)")

@@ -21,6 +21,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from m6t.gateway.config import ConfigError, GatewayConfig, load_config
 from m6t.gateway.metrics import GatewayCollector, Snapshot
+from m6t.linux import systemd
 from m6t.linux.netlink import ChangeLog, Netlink, write_sysctl
 from m6t.linux.tun import TunDevice
 from m6t.linux.udp import (
@@ -121,7 +122,15 @@ class GatewayDaemon:
     # --- reload ---
 
     def reload(self) -> None:
-        """SIGHUP: re-read the file; adopt the policy and listen set, keep states."""
+        """SIGHUP: re-read the file; adopt the policy and listen set, keep states. systemd
+        (Type=notify) shows the unit "reloading" until READY=1 says the new set listens."""
+        systemd.notify(systemd.reloading())
+        try:
+            self._adopt_file()
+        finally:
+            systemd.notify("READY=1")
+
+    def _adopt_file(self) -> None:
         if self.config_path is None:
             return
         try:
@@ -197,6 +206,9 @@ class GatewayDaemon:
             if sock is not None:
                 self._register(index, sock)
         gateway = self.gateway
+        # Every listener is bound, the TUN device up, the metrics endpoint listening and the
+        # signals handled: systemd (Type=notify) may now call the unit active.
+        systemd.notify("READY=1")
         try:
             while not self._stop:
                 deadline = gateway.next_deadline()
@@ -227,6 +239,7 @@ class GatewayDaemon:
                     self.reload()
                 if deadline is not None and now >= deadline:
                     gateway.expire(now)
+            systemd.notify("STOPPING=1")  # SIGTERM or SIGINT: teardown follows
         finally:
             signal.set_wakeup_fd(-1)
             self._poll.close()
