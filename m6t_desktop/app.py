@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import platformdirs
 from PySide6.QtCore import QObject, QSettings, QTimer
-from PySide6.QtWidgets import QApplication, QSystemTrayIcon
+from PySide6.QtWidgets import QApplication, QSystemTrayIcon, QWidget
 
 from m6t_desktop import autostart
 from m6t_desktop.client import HelperConnection
@@ -52,6 +52,14 @@ class Options:
 
 def default_settings_path() -> Path:
     return Path(platformdirs.user_config_dir("m6t")) / "desktop.ini"
+
+
+def bring_to_front(window: QWidget) -> None:
+    """Asked for from the tray, the status window or another launch, a window may already be
+    open behind others: showing it is not enough, it is raised and given the focus too."""
+    window.show()
+    window.raise_()
+    window.activateWindow()
 
 
 class DesktopApp(QObject):
@@ -180,10 +188,7 @@ class DesktopApp(QObject):
         return self._status_window
 
     def show_status(self) -> None:
-        window = self.status_window()
-        window.show()
-        window.raise_()
-        window.activateWindow()
+        bring_to_front(self.status_window())
 
     def toggle_status(self) -> None:
         window = self.status_window()
@@ -200,10 +205,7 @@ class DesktopApp(QObject):
         return self._editor
 
     def show_profiles(self) -> None:
-        editor = self.profiles_editor()
-        editor.show()
-        editor.raise_()
-        editor.activateWindow()
+        bring_to_front(self.profiles_editor())
 
     # --- autostart ---
 
