@@ -1,7 +1,7 @@
 """Throughput and latency through the whole m6t path, against the same lab without the tunnel.
 
     sudo .venv/bin/python bench/tunnel.py [--quick] [--seconds N] [--repeat N] [--json]
-                                          [--only ping,tcp1,tcp4,udp64,tcp1down]
+                                          [--only ping,tcp1,tcp4,udp64,tcp1down] [--no-bare]
 
 One invocation builds one lab (m6t.lab.Lab: mn -- nat -- gw -- ha in network namespaces),
 turns TSO, GSO and GRO off on every veth of it (mn eth0, nat lan and wan, gw wan and home,
@@ -16,8 +16,12 @@ a real link would, and measures:
   home link: the same three iperf3 runs (-6) and ping -6.
 * only with --only: `tcp1down`, TCP 1 stream the other way (iperf3 -R: the gateway's
   TUN -> UDP path and the helper's UDP -> TUN path carry the data).
+* reference ("bare", unless --no-bare): bench/bare_forwarder.py, a bare Python TUN <-> UDP
+  forwarder (two blocking threads per side, no checks), on mn and gw beside m6t (own TUN
+  devices, prefix and port 3600) to a second address of the HA: the same runs, so that m6t
+  is compared with what any Python forwarder pays on this box today.
 
-Baseline and tunnel runs alternate test by test (ping, TCP 1, TCP 4, UDP), each pair repeated
+Baseline, tunnel and bare runs alternate test by test (ping, TCP 1, TCP 4, UDP), each repeated
 `--repeat` times; the best run of each counts (highest throughput, lowest average RTT), all runs
 are in the JSON. The helper and gateway are idle during baseline runs. Around every run are
 sampled: the CPU time of the helper and gateway processes (/proc/<pid>/stat), for tunnel runs
@@ -69,6 +73,13 @@ VETHS = (("mn", "eth0"), ("nat", "lan"), ("nat", "wan"), ("gw", "wan"), ("gw", "
 OFFLOADS = {"tso": "tcp-segmentation-offload", "gso": "generic-segmentation-offload",
             "gro": "generic-receive-offload"}
 IPERF_PORT = 5201
+# The bare forwarder (bench/bare_forwarder.py) beside m6t: its own TUN devices, port, prefix,
+# and a second address on the home agent, so that both are up at once and runs alternate.
+BARE_TUN = "bare0"
+BARE_PORT = 3600
+BARE_PREFIX = "fd62:6172:6500::/64"
+BARE_MN = "fd62:6172:6500::1"
+BARE_TARGET = "fd48:4100::b"
 PING_COUNT = 50
 PING_INTERVAL = 0.02
 UDP_PAYLOAD = 64
@@ -311,21 +322,45 @@ def connect_tunnel(lab: Lab) -> dict[str, Any]:
     return result
 
 
+def start_bare_forwarder(lab: Lab) -> list[int]:
+    """The reference: bench/bare_forwarder.py on mn and gw, routed to a second HA address."""
+    forwarder = str(Path(__file__).with_name("bare_forwarder.py"))
+    lab.ip("ha", "-6", "addr", "add", f"{BARE_TARGET}/64", "dev", "eth0", "nodad")
+    processes = []
+    for role, args in (("gw", ["server", BARE_TUN, str(BARE_PORT)]),
+                       ("mn", ["client", BARE_TUN, lab.addr.gw_wan, str(BARE_PORT)])):
+        processes.append(lab.spawn(role, [sys.executable, forwarder, *args],
+                                   log_name=f"bare-{args[0]}"))
+        deadline = time.monotonic() + 5
+        while lab.ip(role, "link", "show", "dev", BARE_TUN, check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise BenchError(f"bare forwarder in {role} did not come up")
+            time.sleep(0.05)
+    lab.ip("gw", "-6", "route", "add", BARE_PREFIX, "dev", BARE_TUN)
+    lab.ip("mn", "-6", "addr", "add", f"{BARE_MN}/128", "dev", BARE_TUN, "nodad")
+    lab.ip("mn", "-6", "route", "add", f"{BARE_TARGET}/128", "dev", BARE_TUN, "src", BARE_MN)
+    return [real_pid(p.pid) for p in processes]
+
+
 def helper_status(lab: Lab) -> dict[str, Any]:
     with HelperClient(lab.helper_socket) as client:
         tunnels = client.call("status")["tunnels"]
     return dict(tunnels[0]) if tunnels else {}
 
 
-def start_iperf_servers(lab: Lab) -> None:
-    """One server on the gateway host's IPv4 (baseline), one on the HA's IPv6 (tunnel)."""
-    lab.spawn("gw", ["iperf3", "-s", "-B", lab.addr.gw_wan, "-p", str(IPERF_PORT)],
-              log_name="iperf3-baseline")
-    lab.spawn("ha", ["iperf3", "-s", "-B", lab.addr.home_agent, "-p", str(IPERF_PORT)],
-              log_name="iperf3-tunnel")
-    for role in ("gw", "ha"):
+def start_iperf_servers(lab: Lab, bare: bool) -> None:
+    """One server on the gateway host's IPv4 (baseline), one on the HA's IPv6 (tunnel), one
+    on the HA's second address (bare forwarder)."""
+    servers = [("gw", lab.addr.gw_wan), ("ha", lab.addr.home_agent)]
+    if bare:
+        servers.append(("ha", BARE_TARGET))
+    for role, address in servers:
+        lab.spawn(role, ["iperf3", "-s", "-B", address, "-p", str(IPERF_PORT)],
+                  log_name=f"iperf3-{address}")
+    for role, address in servers:
+        listening = f"{address}]:{IPERF_PORT} " if ":" in address else f"{address}:{IPERF_PORT} "
         deadline = time.monotonic() + 5
-        while f":{IPERF_PORT} " not in lab.run(role, ["ss", "-Hltn"]).stdout:
+        while listening not in lab.run(role, ["ss", "-Hltn"]).stdout:
             if time.monotonic() > deadline:
                 raise BenchError(f"iperf3 server in {role} did not come up")
             time.sleep(0.05)
@@ -426,15 +461,27 @@ def report(tests: tuple[Test, ...], results: dict[str, dict[str, list[Run]]], ou
         print(f"{'':<6}cpu baseline: {cpu_text(base)}; tunnel: {cpu_text(tun)}", file=out)
         summary[test.key]["cpu"] = {"baseline": asdict(base.cpu) if base.cpu else None,
                                     "tunnel": asdict(tun.cpu) if tun.cpu else None}
+        if results[test.key].get("bare"):
+            ref = best(test, results[test.key]["bare"])
+            if test.key == "ping":
+                summary[test.key].update(bare_ms=ref.value, bare_added_ms=ref.value - base.value)
+                compare = f"{ref.value - base.value:+.3f} ms added"
+            else:
+                summary[test.key].update(bare=ref.value, bare_ratio=ref.value / base.value)
+                compare = f"{ref.value / base.value:.3f}"
+            print(f"{'  bare forwarder':<24} {'':>18} {show(test, ref.value):>18} "
+                  f"{compare:>16}  ({detail_text(test, ref)})", file=out)
     return summary
 
 
-def measure(lab: Lab, tests: tuple[Test, ...], seconds: float, repeat: int, out: Any
-            ) -> dict[str, Any]:
+def measure(lab: Lab, tests: tuple[Test, ...], seconds: float, repeat: int, bare: bool,
+            out: Any) -> dict[str, Any]:
     a = lab.addr
     offloads = offloads_off(lab)
     tunnel = connect_tunnel(lab)
-    start_iperf_servers(lab)
+    if bare:
+        start_bare_forwarder(lab)
+    start_iperf_servers(lab, bare)
     pids = {"helper": real_pid(lab.helper_process.pid),
             "gateway": real_pid(lab.gateway_process.pid)}
     meter = CpuMeter(pids, {os.stat(f"/run/netns/{name}").st_ino for name in lab.ns.values()})
@@ -443,6 +490,10 @@ def measure(lab: Lab, tests: tuple[Test, ...], seconds: float, repeat: int, out:
     # Warm up: neighbour caches, NAT mapping, routes; not counted.
     ping(lab, a.gw_wan, False, count=3)
     ping(lab, a.home_agent, True, count=3)
+    modes = [("baseline", a.gw_wan, False), ("tunnel", a.home_agent, True)]
+    if bare:
+        ping(lab, BARE_TARGET, True, count=3)
+        modes.append(("bare", BARE_TARGET, True))
     print(f"lab {lab.tag}: tunnel {tunnel.get('address')} via port {tunnel.get('port')}, "
           f"mtu {tunnel_mtu.group(1) if tunnel_mtu else '?'}; iperf3 {seconds:g} s per run, "
           f"{repeat} run(s) each", file=out)
@@ -453,12 +504,11 @@ def measure(lab: Lab, tests: tuple[Test, ...], seconds: float, repeat: int, out:
                 "gateway": int(sum(v for k, v in metrics.items()
                                    if k.startswith("m6t_gateway_packets_total")))}
 
-    results: dict[str, dict[str, list[Run]]] = {t.key: {"baseline": [], "tunnel": []}
+    results: dict[str, dict[str, list[Run]]] = {t.key: {m: [] for m, _, _ in modes}
                                                 for t in tests}
     for rep in range(repeat):
         for test in tests:
-            for mode, target, ipv6 in (("baseline", a.gw_wan, False),
-                                       ("tunnel", a.home_agent, True)):
+            for mode, target, ipv6 in modes:
                 with meter.measure(forwarded if mode == "tunnel" else None) as cpu:
                     run = test.measure(lab, target, ipv6, seconds)
                 run.cpu = cpu
@@ -498,6 +548,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs of each test, the best counts (default 2, --quick 1)")
     parser.add_argument("--only", metavar="TESTS",
                         help="comma-separated subset of: " + ",".join(t.key for t in TESTS))
+    parser.add_argument("--no-bare", action="store_true",
+                        help="skip the bare forwarder reference (bench/bare_forwarder.py)")
     parser.add_argument("--json", action="store_true",
                         help="print the results as JSON on stdout (the table goes to stderr)")
     args = parser.parse_args(argv)
@@ -529,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         with Lab() as lab:
-            results = measure(lab, tests, seconds, repeat, out)
+            results = measure(lab, tests, seconds, repeat, not args.no_bare, out)
     except (LabError, BenchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -538,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     elapsed = time.monotonic() - started
     print(f"\n{elapsed:.0f} s; reproduce with: sudo .venv/bin/python bench/tunnel.py "
-          f"--seconds {seconds:g} --repeat {repeat}"
+          f"--seconds {seconds:g} --repeat {repeat}{' --no-bare' if args.no_bare else ''}"
           f"{' --only ' + ','.join(t.key for t in tests) if args.only else ''}", file=out)
     if args.json:
         json.dump({"environment": env, "seconds": seconds, "repeat": repeat,
