@@ -509,7 +509,8 @@ def _parent(pid: int) -> int:
 def test_units_run_under_systemd(ready: State) -> None:
     """The hardened units, really started by systemd (systemd-nspawn): only the capabilities
     they need, and yet the helper serves its socket and the gateway makes its TUN device and
-    sets forwarding (through ReadWritePaths= under ProtectKernelTunables=)."""
+    sets forwarding (through ReadWritePaths= under ProtectKernelTunables=). Both are
+    Type=notify: each start returns only once the daemon said it serves."""
     if shutil.which("systemd-nspawn") is None or shutil.which("nsenter") is None:
         pytest.skip("systemd-nspawn missing (apt-get install systemd-container): the units "
                     "were verified, not run")
@@ -531,14 +532,26 @@ def test_units_run_under_systemd(ready: State) -> None:
                        "m6t status")
         assert "no tunnels" in status.stdout
         before = enter("cat /proc/sys/net/ipv6/conf/all/forwarding").stdout.strip()
-        # Type=exec: active once started; the TUN device and forwarding come a moment later.
-        enter("systemctl start m6t-gateway && for i in $(seq 100); do "
-              "grep -q m6tgw0 /proc/net/dev && break; sleep 0.1; done")
+        # Type=notify: `systemctl start` returns once the gateway said READY=1, which it says
+        # when its ports are bound and its TUN device is up. So: no waiting here.
+        enter("systemctl start m6t-gateway")
         enter("systemctl is-active m6t-gateway")
         assert enter("cat /proc/sys/net/ipv6/conf/all/forwarding").stdout.strip() == "1"
         assert "m6tgw0:" in enter("cat /proc/net/dev").stdout
-        enter("systemctl reload m6t-gateway && sleep 1 && systemctl is-active m6t-gateway")
+        udp = enter("cat /proc/net/udp").stdout
+        for port in (3544, 4500):  # the example's listen ports
+            assert f"00000000:{port:04X} " in udp, udp
+        # RELOADING=1 ... READY=1 (systemd 252 shows "reloading" in between): once the
+        # gateway has logged the reload, the unit is active again, the same process.
+        pid = enter("systemctl show -p MainPID --value m6t-gateway").stdout.strip()
+        enter("systemctl reload m6t-gateway")
+        enter("for i in $(seq 100); do journalctl -q --no-pager -o cat -u m6t-gateway | "
+              "grep -q 'configuration reloaded' && exit 0; sleep 0.1; done; exit 1")
+        enter("for i in $(seq 50); do systemctl is-active -q m6t-gateway && exit 0; "
+              "sleep 0.1; done; systemctl is-active m6t-gateway")
+        assert enter("systemctl show -p MainPID --value m6t-gateway").stdout.strip() == pid
         enter("systemctl stop m6t-gateway")
+        assert enter("systemctl show -p Result --value m6t-gateway").stdout.strip() == "success"
         assert enter("cat /proc/sys/net/ipv6/conf/all/forwarding").stdout.strip() == before
         journal = enter("journalctl --no-pager -o cat -u m6t-helper -u m6t-gateway").stdout
         assert "Traceback" not in journal, journal
