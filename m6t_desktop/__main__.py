@@ -13,6 +13,8 @@ from pathlib import Path
 
 from m6t.control.client import socket_path
 
+log = logging.getLogger("m6t_desktop")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -76,7 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     from m6t_desktop.single_instance import HandOver
 
     application = QApplication(["m6t-desktop"])  # also the X11 WM_CLASS instance name
-    claim = single_instance.claim(single_instance.server_name(application.platformName()))
+    # A login autostart that finds the app running (started by hand before the autostart
+    # delay, or a session that restores it) has nothing to add: no window, no message.
+    claim = single_instance.claim(single_instance.server_name(application.platformName()),
+                                  show=not args.autostart)
+    if claim.hand_over is HandOver.RUNNING:
+        log.info("m6t-desktop is already running; nothing to do at login")
+        return 0
     if claim.hand_over is HandOver.SHOWN:
         print("m6t-desktop is already running; showing its window", file=sys.stderr)
         return 0

@@ -3,9 +3,10 @@ QLocalServer named after the uid, the runtime directory and the display); a late
 to show its status window, instead of adding a second tray icon, and exits.
 
 The protocol is one line each way: the new launch sends ``show``, the running one answers ``ok``
-and shows the window. Anything else on the socket is dropped with a named reason and counted; a
-peer gets a few bytes and a couple of seconds at most, so it can neither crash nor hold up the
-running app."""
+and shows the window. A login autostart sends ``ping`` instead: ``ok``, and nothing is shown
+(the app is already there; a window popping up at login would only be in the way). Anything
+else on the socket is dropped with a named reason and counted; a peer gets a few bytes and a
+couple of seconds at most, so it can neither crash nor hold up the running app."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from PySide6.QtNetwork import QAbstractSocket, QLocalServer, QLocalSocket
 log = logging.getLogger(__name__)
 
 SHOW_REQUEST = b"show"
-SHOWN_ANSWER = b"ok"
+PING_REQUEST = b"ping"  # is one running? (shows nothing)
+OK_ANSWER = b"ok"  # to either request
 MAX_LINE = 64  # bytes: a request or an answer is one short line
 MAX_PEERS = 4  # connections at once; more are turned away
 REQUEST_TIMEOUT_MS = 2000  # a peer that sends no full line is dropped after this
@@ -37,6 +39,7 @@ class HandOver(enum.Enum):
     """What a launch found when it asked for a running instance."""
 
     SHOWN = "shown"  # one answered and shows its window: this launch exits
+    RUNNING = "running"  # one answered a ping (autostart): this launch exits, nothing shown
     NO_INSTANCE = "no_instance"  # nothing there: this launch is the first
     STALE = "stale"  # a socket left by an instance that died (SIGKILL, crash)
     NO_ANSWER = "no_answer"  # something listens but did not answer in time (stopped, hung)
@@ -60,10 +63,12 @@ def server_name(platform: str, environ: Mapping[str, str] = os.environ,
     return name
 
 
-def ask_running_instance(name: str, *, connect_timeout_ms: int = CONNECT_TIMEOUT_MS,
+def ask_running_instance(name: str, *, show: bool = True,
+                         connect_timeout_ms: int = CONNECT_TIMEOUT_MS,
                          answer_timeout_ms: int = ANSWER_TIMEOUT_MS) -> HandOver:
     """Blocking: it runs before the event loop does, and a second launch has nothing else to
-    do. Only an ``ok`` counts as shown; a listener that stays silent is not taken for dead."""
+    do. Only an ``ok`` counts as an answer; a listener that stays silent is not taken for dead.
+    With `show` false it only asks whether one is running (``ping``)."""
     peer = QLocalSocket()
     peer.connectToServer(name)
     if not peer.waitForConnected(connect_timeout_ms):
@@ -73,7 +78,7 @@ def ask_running_instance(name: str, *, connect_timeout_ms: int = CONNECT_TIMEOUT
         if error == QLocalSocket.LocalSocketError.SocketTimeoutError:
             return HandOver.NO_ANSWER
         return HandOver.NO_INSTANCE
-    peer.write(SHOW_REQUEST + b"\n")
+    peer.write((SHOW_REQUEST if show else PING_REQUEST) + b"\n")
     peer.waitForBytesWritten(connect_timeout_ms)
     answer = b""
     deadline = time.monotonic() + answer_timeout_ms / 1000
@@ -84,11 +89,13 @@ def ask_running_instance(name: str, *, connect_timeout_ms: int = CONNECT_TIMEOUT
         answer += peer.read(MAX_LINE).data()
     peer.abort()
     line, newline, _ = answer.partition(b"\n")
-    return HandOver.SHOWN if newline and line == SHOWN_ANSWER else HandOver.NO_ANSWER
+    if not (newline and line == OK_ANSWER):
+        return HandOver.NO_ANSWER
+    return HandOver.SHOWN if show else HandOver.RUNNING
 
 
 class InstanceServer(QObject):
-    """The first instance's end: answers ``show`` from later launches."""
+    """The first instance's end: answers ``show`` and ``ping`` from later launches."""
 
     showRequested = Signal()
     dropped = Signal(str)  # the reason a connection was dropped
@@ -138,12 +145,15 @@ class InstanceServer(QObject):
             else:
                 self._pending[peer] = data
             return
-        if line != SHOW_REQUEST:
+        if line not in (SHOW_REQUEST, PING_REQUEST):
             self._drop(peer, "unknown_request")
             return
         self._forget(peer)
-        peer.write(SHOWN_ANSWER + b"\n")
+        peer.write(OK_ANSWER + b"\n")
         peer.disconnectFromServer()  # once the answer is written
+        if line == PING_REQUEST:
+            log.info("another launch found this one running (nothing to show)")
+            return
         log.info("another launch asked for the status window")
         self.showRequested.emit()
 
@@ -174,8 +184,9 @@ class Claim:
     server: InstanceServer | None = None  # listening: this launch is the first
 
 
-def claim(name: str) -> Claim:
-    """Hand over to a running instance, or become the one that later launches hand over to.
+def claim(name: str, *, show: bool = True) -> Claim:
+    """Hand over to a running instance (asking it to show its window, unless `show` is false),
+    or become the one that later launches hand over to.
     A socket left by a killed instance refuses connections: it is removed and taken over. Of
     two launches at once, both may find nothing; the one that then cannot listen (the name is
     taken) asks again and hands over. If listening fails otherwise, the app runs unguarded."""
@@ -183,8 +194,8 @@ def claim(name: str) -> Claim:
     server = QLocalServer()
     server.setSocketOptions(QLocalServer.SocketOption.UserAccessOption)
     for _attempt in range(2):
-        found = ask_running_instance(name)
-        if found in (HandOver.SHOWN, HandOver.NO_ANSWER):
+        found = ask_running_instance(name, show=show)
+        if found in (HandOver.SHOWN, HandOver.RUNNING, HandOver.NO_ANSWER):
             return Claim(found)
         if found is HandOver.STALE:
             log.info("removing %s, left by an instance that is gone", name)

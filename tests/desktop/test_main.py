@@ -1,7 +1,8 @@
 """The m6t-desktop command itself, in child processes: it starts (offscreen: no tray, so the
 status window), says when it is up, and quits cleanly on SIGTERM without a helper around. One
-per session: a second launch hands over to the first and exits; a socket left by a killed first
-is taken over; a stopped first is not."""
+per session: a second launch hands over to the first and exits (a login autostart quietly, without
+showing the first's window); a socket left by a killed first is taken over; a stopped first is
+not."""
 
 from __future__ import annotations
 
@@ -116,6 +117,24 @@ def test_a_second_launch_shows_the_first_and_exits(qtbot: QtBot, launch: Launche
         garbage.close()
     assert "(unknown_request)" in first.stderr() and "(timeout)" in first.stderr()
     assert took < 10  # a Python start-up, not a timeout (the silent peer is still there)
+    assert first.process.poll() is None
+    assert first.terminate() == 0, first.stderr()
+    assert "Traceback" not in first.stderr()
+
+
+def test_a_login_autostart_leaves_a_running_first_alone_and_exits_quietly(
+        qtbot: QtBot, launch: Launcher) -> None:
+    # The app was started by hand before the session's autostart entry ran: no window pops up,
+    # nothing is printed, and the login does not see a failure.
+    first = launch("--debug", name="first")
+    qtbot.waitUntil(first.is_ready, timeout=20000)
+    autostart = launch("--autostart", name="autostart")
+    assert autostart.process.wait(timeout=30) == 0, autostart.stderr()
+    assert autostart.stderr() == ""
+    assert not autostart.ready.exists()
+    qtbot.waitUntil(lambda: "another launch found this one running" in first.stderr(),
+                    timeout=5000)
+    assert "asked for the status window" not in first.stderr()
     assert first.process.poll() is None
     assert first.terminate() == 0, first.stderr()
     assert "Traceback" not in first.stderr()

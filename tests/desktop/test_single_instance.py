@@ -1,6 +1,7 @@
 """The single-instance socket in this process: its name per user and session, a show request
-answered, malformed or silent peers dropped with a named reason (a table) while the server keeps
-answering, a stale socket taken over, a listener that does not answer left alone."""
+answered, a ping (autostart) answered without showing anything, malformed or silent peers
+dropped with a named reason (a table) while the server keeps answering, a stale socket taken
+over, a listener that does not answer left alone."""
 
 from __future__ import annotations
 
@@ -99,6 +100,16 @@ def test_show_is_answered_and_signalled(qtbot: QtBot, instance: InstanceServer) 
     assert Path(instance.name).is_socket()
     show(qtbot, instance)
     assert sum(instance.dropped_counts.values()) == 0
+
+
+def test_ping_is_answered_and_shows_nothing(qtbot: QtBot, instance: InstanceServer) -> None:
+    with qtbot.assertNotEmitted(instance.showRequested):
+        peer = RawPeer(instance.name, b"ping\n")
+        qtbot.waitUntil(peer.poll, timeout=2000)
+    assert peer.received == b"ok\n"
+    peer.close()
+    assert sum(instance.dropped_counts.values()) == 0
+    show(qtbot, instance)  # and the next launch that asks is still shown the window
 
 
 MALFORMED = [
