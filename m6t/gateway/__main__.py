@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -46,19 +47,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"m6t-gateway: {problem}", file=sys.stderr)
         return 1
     daemon = GatewayDaemon(config, args.config)
+    # Until the loop installs its own handlers, SIGTERM or SIGINT (systemctl stop while the
+    # unit is still starting) ends set-up through the same undo path as a failure, instead of
+    # killing the process with the TUN device, its route and the forwarding sysctl left behind.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop_during_setup)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the configuration was just read
     try:
-        daemon.setup()
-    except PermissionError as exc:
-        print(f"m6t-gateway: {exc}: run as root (or with CAP_NET_ADMIN)", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"m6t-gateway: {exc}", file=sys.stderr)
-        return 1
-    try:
+        try:
+            daemon.setup()
+        except PermissionError as exc:
+            print(f"m6t-gateway: {exc}: run as root (or with CAP_NET_ADMIN)", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"m6t-gateway: {exc}", file=sys.stderr)
+            return 1
         daemon.run()
     finally:
-        daemon.teardown()
+        daemon.teardown()  # idempotent: a failed set-up has already undone itself
     return 0
+
+
+def _stop_during_setup(signum: int, _frame: object) -> None:
+    log = logging.getLogger("m6t.gateway")
+    log.warning("%s during start-up: undoing what was set up", signal.Signals(signum).name)
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

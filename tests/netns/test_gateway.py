@@ -6,9 +6,12 @@ raw IPv6-in-UDP from the mobile node, then reads the gateway's drop counters fro
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -259,3 +262,36 @@ def test_a_batch_from_home_still_gets_packet_too_big_past_the_clients_mtu(lab: L
     wait_metric(lab, lambda m: grew(m, 'm6t_gateway_drops_total{reason="too_big"}') == 3,
                 "three Packet Too Big")
     assert grew(lab.metrics(), 'm6t_gateway_packets_total{direction="to_client"}') == 6
+
+
+def opened(pid: int, path: str) -> bool:
+    """Whether process `pid` has `path` open (`ip netns exec` execs the daemon in place)."""
+    fds = Path(f"/proc/{pid}/fd")
+    with contextlib.suppress(OSError):
+        for fd in fds.iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == path:
+                    return True
+    return False
+
+
+def test_sigterm_while_starting_leaves_nothing_behind(lab: Lab) -> None:
+    """systemctl stop can arrive while the unit is still starting: the gateway then undoes
+    what it has set up so far (the TUN device, its route, the forwarding sysctl), instead of
+    dying with them left behind. The signal is sent the moment the daemon opens /dev/net/tun,
+    the first step of its set-up."""
+    before = lab.run("gw", ["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).stdout.strip()
+    path = lab.write_toml("gateway.toml", lab.gateway_config())
+    process = lab.spawn("gw", [sys.executable, "-m", "m6t.gateway", "--config", str(path)],
+                        log_name="gateway")
+    wait_for(lambda: opened(process.pid, "/dev/net/tun"), 10, "the TUN device to be opened",
+             interval=0.0005)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(10) == 128 + signal.SIGTERM, lab.log("gateway")
+    assert "SIGTERM during start-up" in lab.log("gateway")
+    assert "m6tgw0" not in lab.ip("gw", "link").stdout
+    assert "fd6d:6d74:1::/48" not in lab.ip("gw", "-6", "route").stdout
+    after = lab.run("gw", ["sysctl", "-n", "net.ipv6.conf.all.forwarding"]).stdout.strip()
+    assert after == before
+    assert lab.run("gw", ["ss", "-Hlun"]).stdout.strip() == ""
+    assert "Traceback" not in lab.log("gateway")
