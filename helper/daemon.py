@@ -105,6 +105,7 @@ class Helper:
         try:
             await self._stop.wait()
         finally:
+            systemd.notify("STOPPING=1")
             log.info("stopping: tearing down %d tunnel(s)", len(self.tunnels))
             ticker.cancel()
             for tunnel in list(self.tunnels.values()):

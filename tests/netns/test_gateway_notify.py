@@ -4,6 +4,7 @@ to a datagram socket this test owns, as systemd does for a Type=notify unit.
 READY=1 must mean "serving": the test freezes the gateway the moment READY=1 arrives and finds
 every listen port bound, the metrics endpoint listening and the TUN device up. A reload is
 bracketed by RELOADING=1 (with MONOTONIC_USEC) and READY=1, and SIGTERM announces STOPPING=1.
+The helper's READY=1 means its control socket accepts connections.
 """
 
 from __future__ import annotations
@@ -127,3 +128,22 @@ def test_gateway_that_cannot_bind_never_says_ready(lab: Lab, manager: socket.soc
     assert "cannot listen on" in lab.log("gateway")
     assert nothing_more(manager)
     lab.stop(blocker)
+
+
+def test_helper_is_ready_once_its_socket_listens_and_says_when_it_stops(
+        lab: Lab, manager: socket.socket) -> None:
+    """The helper's unit is Type=notify too: READY=1 means a client can connect now."""
+    path = lab.workdir / "helper.sock"
+    helper = lab.spawn("mn", [sys.executable, "-m", "m6t_helper", "--socket", str(path)],
+                       log_name="helper", env={"NOTIFY_SOCKET": manager.getsockname()})
+    assert receive(manager, lab) == ("READY=1", helper.pid)
+    with frozen(helper):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))  # accepted by the kernel while the helper is stopped
+        finally:
+            probe.close()
+    helper.send_signal(signal.SIGTERM)
+    assert receive(manager, lab)[0] == "STOPPING=1"
+    assert helper.wait(10) == 0
+    assert nothing_more(manager)
