@@ -117,16 +117,25 @@ class Pump:
             # A new path: what the old one could not do (GSO, a segment size) may work.
             self._gso = UdpGso(sock, self._send_failed)
         send_run = self._gso.send_run
-        # Consecutive packets of one size leave as one UDP GSO message (see UdpGso).
+        # Consecutive packets of one size leave as one UDP GSO message (see UdpGso), except
+        # the first of a batch: it leaves at once, so that a lone packet (a ping, an ACK, an
+        # IKE message) does not wait for the read that finds the queue empty.
         run: list[bytes] = []
         size = limit = 0
         packets = octets = 0
+        first = True
         for _ in range(BATCH):
             try:
                 packet = read(tun_fd, 65536)
             except BlockingIOError:
                 break
             if packet.startswith(address, 8) and len(packet) >= IPV6_HEADER_LENGTH:
+                if first:
+                    first = False
+                    sent = send_run([packet], len(packet), None)
+                    packets += sent
+                    octets += sent * len(packet)
+                    continue
                 if len(packet) == size and len(run) < limit:
                     run.append(packet)
                     continue

@@ -37,7 +37,7 @@ from m6t.control.schema import (
 )
 from m6t.linux.fragments import fragment_udp, send_fragments
 from m6t.linux.netlink import Netlink, RouteInfo
-from m6t.linux.udp import open_tunnel_socket
+from m6t.linux.udp import open_tunnel_socket, send_datagram
 from m6t.protocol.addressing import TunnelPrefix
 from m6t.protocol.client import (
     Inbound,
@@ -424,7 +424,7 @@ class Tunnel:
         target = pump.target
         self._keepalive_sent_at = time.monotonic()
         with contextlib.suppress(OSError):
-            target.sock.send(build_keepalive(self.address))
+            send_datagram(target.sock, build_keepalive(self.address), None)
 
     # --- packets the pump hands over (called in a pump thread) ---
 
@@ -489,7 +489,7 @@ class Tunnel:
                 packet = build_probe(self.address, self.home_agent, self._probe_identifier,
                                      size, size)
                 with contextlib.suppress(OSError):
-                    target.sock.send(packet)
+                    send_datagram(target.sock, packet, None)
             # One echo in hand-made IPv4 fragments, from the tunnel socket's own port.
             probe = build_probe(self.address, self.home_agent, self._probe_identifier,
                                 fragment_sequence, IPV6_MINIMUM_MTU)

@@ -31,6 +31,7 @@ from m6t.linux.udp import (
     open_tunnel_socket,
     read_fragmentation_needed,
     read_icmp_errors,
+    send_datagram,
 )
 from m6t.protocol.gateway import FORWARD, Gateway, Reply
 from m6t.protocol.packets import check_ipv6
@@ -250,7 +251,7 @@ class GatewayDaemon:
         sock = self.listeners[index]
         assert sock is not None
         receive = self.gateway.receive_from_client
-        recvfrom, sendto, tun_write = sock.recvfrom, sock.sendto, self.tun.write
+        recvfrom, tun_write = sock.recvfrom, self.tun.write
         peers = self._peers[index]
         # Within a batch, a packet from the sender of a packet the core forwarded, with the same
         # IPv6 source and destination, gets the same decision (Gateway.receive_from_client says
@@ -283,7 +284,7 @@ class GatewayDaemon:
                 octets += len(data)
             elif type(decision) is Reply:
                 with contextlib.suppress(OSError):
-                    sendto(decision.packet, address)
+                    send_datagram(sock, decision.packet, address)
         self.packets["from_client"] += packets
         self.octets["from_client"] += octets
 
@@ -311,10 +312,12 @@ class GatewayDaemon:
         # says why), so only its well-formedness is checked again.
         flow_dst = b""
         flow_limit = flow_peer = 0  # nothing matches until the core has decided once
-        # Consecutive packets of one size to one client leave as one UDP GSO message.
+        # Consecutive packets of one size to one client leave as one UDP GSO message, except
+        # the first of a batch: it leaves at once, not after the read that finds the queue empty.
         run: list[bytes] = []
         size = limit = 0
         packets = octets = 0
+        first = True
         for _ in range(BATCH):
             packet = read()
             if packet is None:
@@ -338,6 +341,12 @@ class GatewayDaemon:
                     sock = listeners[decision & 0xFF]
                 if sock is None:
                     continue  # its listener was removed by a reload; the state will age out
+                if first:
+                    first = False
+                    sent = send_run([packet], len(packet), target, sock)
+                    packets += sent
+                    octets += sent * len(packet)
+                    continue
                 if len(packet) == size and len(run) < limit:
                     run.append(packet)
                     continue

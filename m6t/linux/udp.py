@@ -165,6 +165,35 @@ def read_icmp_errors(sock: socket.socket, limit: int = 64) -> list[IcmpError]:
     return errors
 
 
+# With IP_RECVERR, an ICMP error about an earlier datagram (a client's closed port, a host
+# that became unreachable) also fails the next send on the socket, whoever it is for, and that
+# datagram is not sent: on a gateway's shared socket, one client's closed port would cost
+# another client a packet (or a whole GSO run). Such a send is tried once more.
+EARLIER_DATAGRAM_ERRORS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
+                                     errno.EHOSTDOWN, errno.ENONET, errno.EACCES})
+
+
+def send_datagram(sock: socket.socket, data: bytes, to: tuple[str, int] | None,
+                  control: list[tuple[int, int, bytes]] | None = None) -> None:
+    """One datagram (with ancillary `control`, if any) to `to`, or to where `sock` is
+    connected; an error that only reports an earlier datagram's fate gets a second try."""
+    for last in (False, True):
+        try:
+            if control:
+                if to is None:
+                    sock.sendmsg([data], control)
+                else:
+                    sock.sendmsg([data], control, 0, to)
+            elif to is None:
+                sock.send(data)
+            else:
+                sock.sendto(data, to)
+            return
+        except OSError as exc:
+            if last or exc.errno not in EARLIER_DATAGRAM_ERRORS:
+                raise
+
+
 # --- UDP GSO: one system call for a run of same-size datagrams ----------------------------------
 
 SOL_UDP = getattr(socket, "SOL_UDP", 17)
@@ -212,10 +241,7 @@ class UdpGso:
         if len(run) > 1 and self.enabled and size < self.refused_size:
             control = [(SOL_UDP, UDP_SEGMENT, size.to_bytes(2, sys.byteorder))]
             try:
-                if to is None:
-                    sock.sendmsg([b"".join(run)], control)
-                else:
-                    sock.sendmsg([b"".join(run)], control, 0, to)
+                send_datagram(sock, b"".join(run), to, control)
                 return len(run)
             except OSError as exc:
                 if exc.errno in (errno.EMSGSIZE, errno.EINVAL):
@@ -228,10 +254,7 @@ class UdpGso:
         sent = 0
         for datagram in run:
             try:
-                if to is None:
-                    sock.send(datagram)
-                else:
-                    sock.sendto(datagram, to)
+                send_datagram(sock, datagram, to)
                 sent += 1
             except OSError as exc:
                 self._failed(exc, 1)

@@ -295,3 +295,23 @@ def test_sigterm_while_starting_leaves_nothing_behind(lab: Lab) -> None:
     assert after == before
     assert lab.run("gw", ["ss", "-Hlun"]).stdout.strip() == ""
     assert "Traceback" not in lab.log("gateway")
+
+
+def test_one_clients_closed_port_costs_no_other_packet(lab: Lab) -> None:
+    """With IP_RECVERR, an ICMP "port unreachable" from one client fails the gateway's next
+    send on that socket, whoever it is for: that datagram must be sent anyway. Both clients
+    here have closed their ports, so every datagram the gateway sends raises such an error."""
+    gateway = lab.start_gateway()
+    for src, bind in ((SRC, "0.0.0.0:40001"), (OTHER_SRC, "0.0.0.0:40002")):
+        assert client(lab, "echo", "--src", src, "--dst", lab.addr.home_agent,
+                      bind=bind)["received"] == 1
+    before = lab.metrics()["m6t_gateway_packets_total{direction=\"to_client\"}"]
+    gateway.send_signal(signal.SIGSTOP)  # six packets for two clients, in one batch
+    try:
+        for dst in (SRC, OTHER_SRC):
+            lab.run("ha", ["ping", "-6", "-n", "-c", "3", "-i", "0.01", "-W", "0.2", dst],
+                    check=False)
+    finally:
+        gateway.send_signal(signal.SIGCONT)
+    wait_metric(lab, lambda m: m['m6t_gateway_packets_total{direction="to_client"}'] - before
+                >= 6, "all six packets sent")

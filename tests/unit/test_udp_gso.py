@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from m6t.linux.udp import (
+    EARLIER_DATAGRAM_ERRORS,
     GSO_MAX_BYTES,
     GSO_MAX_SEGMENTS,
     SOL_UDP,
@@ -107,3 +108,41 @@ def test_limit_keeps_a_message_under_64_kib_and_the_kernels_segment_cap() -> Non
     assert gso_limit(1472) == GSO_MAX_BYTES // 1472 == 44
     assert gso_limit(40) == GSO_MAX_SEGMENTS
     assert gso_limit(65_000) == 1 and gso_limit(0) == GSO_MAX_SEGMENTS
+
+
+class RefusingOnce(FakeSocket):
+    """Fails the next send with an error about an earlier datagram, as Linux does with
+    IP_RECVERR after an ICMP error, then sends normally."""
+
+    def __init__(self, code: int = errno.ECONNREFUSED, times: int = 1) -> None:
+        super().__init__()
+        self.pending = [code] * times
+
+    def sendmsg(self, buffers: list[bytes], control: list[tuple[int, int, bytes]],
+                flags: int = 0, to: tuple[str, int] | None = None) -> int:
+        if self.pending:
+            raise OSError(self.pending.pop(), "earlier datagram")
+        return super().sendmsg(buffers, control, flags, to)
+
+    def sendto(self, data: bytes, to: tuple[str, int] | None) -> int:
+        if self.pending:
+            raise OSError(self.pending.pop(), "earlier datagram")
+        return super().sendto(data, to)
+
+
+@pytest.mark.parametrize("code", sorted(EARLIER_DATAGRAM_ERRORS))
+def test_an_error_about_an_earlier_datagram_costs_nothing(code: int) -> None:
+    sock = RefusingOnce(code)
+    assert UdpGso(sock).send_run(RUN, 100, TO) == 5  # type: ignore[arg-type]
+    assert sock.messages == [(b"".join(RUN), 100, TO)]
+    sock = RefusingOnce(code)
+    assert UdpGso(sock).send_run(RUN[:1], 100, TO) == 1  # type: ignore[arg-type]
+    assert sock.datagrams == [(RUN[0], TO)]
+
+
+def test_the_same_error_twice_is_this_datagrams_own() -> None:
+    lost: list[tuple[int | None, int]] = []
+    sock = RefusingOnce(times=2)
+    gso = UdpGso(sock, lambda exc, n: lost.append((exc.errno, n)))  # type: ignore[arg-type]
+    assert gso.send_run(RUN[:1], 100, TO) == 0
+    assert lost == [(errno.ECONNREFUSED, 1)]
