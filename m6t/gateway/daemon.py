@@ -6,7 +6,6 @@ core decides; prometheus_client serves a snapshot from its own thread.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -25,6 +24,7 @@ from m6t.linux import systemd
 from m6t.linux.netlink import ChangeLog, Netlink, write_sysctl
 from m6t.linux.tun import TunDevice
 from m6t.linux.udp import (
+    EARLIER_DATAGRAM_ERRORS,
     UdpGso,
     gso_limit,
     open_fragmentation_needed_listener,
@@ -56,7 +56,8 @@ class GatewayDaemon:
         self.octets = dict.fromkeys(("from_client", "to_client"), 0)
         self.mtu_lowered = 0
         self.reloads = 0
-        self._gso = UdpGso(on_error=_send_failed)
+        self.send_failures = {errno.errorcode[code]: 0 for code in sorted(SEND_FAILURES)}
+        self._gso = UdpGso(on_error=self._send_failed)
         self._stop = False
         self._reload = False
 
@@ -283,10 +284,17 @@ class GatewayDaemon:
                 packets += 1
                 octets += len(data)
             elif type(decision) is Reply:
-                with contextlib.suppress(OSError):
+                try:
                     send_datagram(sock, decision.packet, address)
+                except OSError as exc:
+                    self._send_failed(exc, 1)
         self.packets["from_client"] += packets
         self.octets["from_client"] += octets
+
+    def _send_failed(self, exc: OSError, lost: int) -> None:
+        if exc.errno not in SEND_FAILURES:
+            raise exc
+        self.send_failures[errno.errorcode[exc.errno]] += lost
 
     def _peer(self, address: tuple[str, int], index: int) -> int:
         """The core's peer int for a sender; remembered, since packing costs more per packet
@@ -399,17 +407,15 @@ class GatewayDaemon:
             states={kind.value: count for kind, count in self.gateway.counts().items()},
             packets=dict(self.packets), bytes=dict(self.octets),
             drops={reason.value: count for reason, count in self.gateway.drops.items()},
-            client_mtu_lowered=self.mtu_lowered, reloads=self.reloads)
+            client_mtu_lowered=self.mtu_lowered, reloads=self.reloads,
+            send_failures=dict(self.send_failures))
 
 
-# A datagram to a client that cannot leave is lost like any packet a router cannot forward.
-_SEND_DROPS = (errno.EAGAIN, errno.ENOBUFS, errno.EMSGSIZE, errno.ECONNREFUSED,
-               errno.EHOSTUNREACH, errno.ENETUNREACH)
-
-
-def _send_failed(exc: OSError, lost: int) -> None:
-    if exc.errno not in _SEND_DROPS:
-        raise exc
+# A datagram to a client that cannot leave is lost like any packet a router cannot forward,
+# and counted by error: a full send buffer, a local firewall (EPERM), or an ICMP error that
+# reached us again on the second try. Any other error is a bug and stops the gateway.
+SEND_FAILURES = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.EMSGSIZE, errno.EPERM,
+                           *EARLIER_DATAGRAM_ERRORS})
 
 
 def check_privileges() -> str | None:

@@ -24,6 +24,7 @@ class Snapshot:
     drops: dict[str, int] = field(default_factory=dict)
     client_mtu_lowered: int = 0
     reloads: int = 0
+    send_failures: dict[str, int] = field(default_factory=dict)  # errno name -> packets
 
 
 class GatewayCollector(Collector):
@@ -58,3 +59,9 @@ class GatewayCollector(Collector):
                                   value=snap.client_mtu_lowered)
         yield CounterMetricFamily("m6t_gateway_reloads", "Configuration reloads (SIGHUP)",
                                   value=snap.reloads)
+        failures = CounterMetricFamily("m6t_gateway_send_failures",
+                                       "Packets to clients the kernel would not send, by error",
+                                       labels=["error"])
+        for error, count in snap.send_failures.items():
+            failures.add_metric([error], count)
+        yield failures

@@ -166,11 +166,15 @@ def read_icmp_errors(sock: socket.socket, limit: int = 64) -> list[IcmpError]:
 
 
 # With IP_RECVERR, an ICMP error about an earlier datagram (a client's closed port, a host
-# that became unreachable) also fails the next send on the socket, whoever it is for, and that
-# datagram is not sent: on a gateway's shared socket, one client's closed port would cost
-# another client a packet (or a whole GSO run). Such a send is tried once more.
-EARLIER_DATAGRAM_ERRORS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH,
-                                     errno.EHOSTDOWN, errno.ENONET, errno.EACCES})
+# that became unreachable, or one forged by anyone who knows our address and port) also fails
+# the next send on the socket, whoever it is for, and that datagram is not sent: on a gateway's
+# shared socket, one client's closed port would cost another client a packet (or a whole GSO
+# run). Such a send is tried once more. These are the errors Linux makes of ICMP errors for UDP
+# (net/ipv4/icmp.c icmp_err_convert; time exceeded; parameter problem).
+EARLIER_DATAGRAM_ERRORS = frozenset({
+    errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENOPROTOOPT, errno.ECONNREFUSED,
+    errno.EOPNOTSUPP, errno.EHOSTDOWN, errno.ENONET, errno.EPROTO,
+})
 
 
 def send_datagram(sock: socket.socket, data: bytes, to: tuple[str, int] | None,

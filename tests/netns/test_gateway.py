@@ -315,3 +315,37 @@ def test_one_clients_closed_port_costs_no_other_packet(lab: Lab) -> None:
         gateway.send_signal(signal.SIGCONT)
     wait_metric(lab, lambda m: m['m6t_gateway_packets_total{direction="to_client"}'] - before
                 >= 6, "all six packets sent")
+
+
+# Every ICMPv4 error Linux turns into a socket error for UDP (net/ipv4/icmp.c icmp_err_convert,
+# time exceeded, parameter problem), as (type, code).
+FORGED_ICMP_ERRORS = [(3, code) for code in (0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)]
+FORGED_ICMP_ERRORS += [(11, 0), (12, 0)]
+
+
+def test_no_forged_icmp_error_stops_the_gateway_or_costs_a_packet(lab: Lab) -> None:
+    """Anyone can forge an ICMP error quoting a datagram from the gateway's port to anywhere;
+    with IP_RECVERR one that arrives while the gateway is busy fails its next send. The gateway
+    must neither stop nor lose that packet, whatever the error. It is frozen while a packet for
+    the client and then the forged error arrive, so that the send meets the error."""
+    gateway = lab.start_gateway()
+    assert client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent)["received"] == 1
+    sent = 'm6t_gateway_packets_total{direction="to_client"}'
+    for icmp_type, code in FORGED_ICMP_ERRORS:
+        before = lab.metrics()[sent]
+        gateway.send_signal(signal.SIGSTOP)
+        try:
+            lab.run("ha", ["ping", "-6", "-n", "-c", "1", "-W", "0.1", SRC], check=False)
+            lab.python("nat", "m6t.lab.inject", "--from", lab.addr.outsider, "--quoted-src",
+                       f"{lab.addr.gw_wan}:3544", "--quoted-dst", "203.0.113.7:9",
+                       "--type", str(icmp_type), "--code", str(code))
+        finally:
+            gateway.send_signal(signal.SIGCONT)
+        wait_for(lambda before=before: gateway.poll() is not None
+                 or (lab.metrics(check=False) or {}).get(sent) == before + 1, 5,
+                 f"the packet queued with ICMP type {icmp_type} code {code} to be sent",
+                 interval=0.2)
+        assert gateway.poll() is None, f"ICMP {icmp_type}/{code}: {lab.log('gateway')}"
+    failures = {k: v for k, v in lab.metrics().items() if "send_failures" in k}
+    assert 'm6t_gateway_send_failures_total{error="ENOPROTOOPT"}' in failures
+    assert sum(failures.values()) == 0  # each forged error cost a second try, not a packet
