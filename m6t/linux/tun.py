@@ -70,8 +70,9 @@ class TunDevice:
         except BlockingIOError:
             pass  # the kernel's queue is full: a drop, as a router would do
         except OSError as exc:
-            # EINVAL: not a packet the kernel accepts (it checks the IP header). Drop it.
-            if exc.errno not in (errno.EINVAL, errno.EIO):
+            # EINVAL: not a packet the kernel accepts (it checks the IP header); ENOMEM or
+            # ENOBUFS: no memory for it now. Drop it, as a router would.
+            if exc.errno not in (errno.EINVAL, errno.EIO, errno.ENOMEM, errno.ENOBUFS):
                 raise
 
     def close(self) -> None:
