@@ -322,15 +322,13 @@ def connect_tunnel(lab: Lab) -> dict[str, Any]:
     return result
 
 
-def start_bare_forwarder(lab: Lab) -> list[int]:
+def start_bare_forwarder(lab: Lab) -> None:
     """The reference: bench/bare_forwarder.py on mn and gw, routed to a second HA address."""
     forwarder = str(Path(__file__).with_name("bare_forwarder.py"))
     lab.ip("ha", "-6", "addr", "add", f"{BARE_TARGET}/64", "dev", "eth0", "nodad")
-    processes = []
     for role, args in (("gw", ["server", BARE_TUN, str(BARE_PORT)]),
                        ("mn", ["client", BARE_TUN, lab.addr.gw_wan, str(BARE_PORT)])):
-        processes.append(lab.spawn(role, [sys.executable, forwarder, *args],
-                                   log_name=f"bare-{args[0]}"))
+        lab.spawn(role, [sys.executable, forwarder, *args], log_name=f"bare-{args[0]}")
         deadline = time.monotonic() + 5
         while lab.ip(role, "link", "show", "dev", BARE_TUN, check=False).returncode != 0:
             if time.monotonic() > deadline:
@@ -339,7 +337,6 @@ def start_bare_forwarder(lab: Lab) -> list[int]:
     lab.ip("gw", "-6", "route", "add", BARE_PREFIX, "dev", BARE_TUN)
     lab.ip("mn", "-6", "addr", "add", f"{BARE_MN}/128", "dev", BARE_TUN, "nodad")
     lab.ip("mn", "-6", "route", "add", f"{BARE_TARGET}/128", "dev", BARE_TUN, "src", BARE_MN)
-    return [real_pid(p.pid) for p in processes]
 
 
 def helper_status(lab: Lab) -> dict[str, Any]:
