@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from m6t.linux.tun import TunDevice
-from m6t.linux.udp import UdpGso, gso_limit, read_icmp_errors
+from m6t.linux.udp import UdpGso, read_icmp_errors
 from m6t.protocol.client import Inbound, check_from_tun, classify_from_gateway
 from m6t.protocol.constants import IPV6_HEADER_LENGTH, NEXT_HEADER_NONE
 from m6t.protocol.drops import DropReason
@@ -116,42 +116,29 @@ class Pump:
         if sock is not self._gso.sock:
             # A new path: what the old one could not do (GSO, a segment size) may work.
             self._gso = UdpGso(sock, self._send_failed)
-        send_run = self._gso.send_run
-        # Consecutive packets of one size leave as one UDP GSO message (see UdpGso), except
-        # the first of a batch: it leaves at once, so that a lone packet (a ping, an ACK, an
-        # IKE message) does not wait for the read that finds the queue empty.
-        run: list[bytes] = []
-        size = limit = 0
+        gso = self._gso
+        # The first packet of a batch leaves at once, so that a lone packet (a ping, an ACK, an
+        # IKE message) does not wait for the read that finds the queue empty; the others leave
+        # together after the batch, runs of one size as one UDP GSO message (see UdpGso).
+        later: list[bytes] | None = None  # None until the first packet has left
         packets = octets = 0
-        first = True
         for _ in range(BATCH):
             try:
                 packet = read(tun_fd, 65536)
             except BlockingIOError:
                 break
             if packet.startswith(address, 8) and len(packet) >= IPV6_HEADER_LENGTH:
-                if first:
-                    first = False
-                    sent = send_run([packet], len(packet), None)
-                    packets += sent
-                    octets += sent * len(packet)
-                    continue
-                if len(packet) == size and len(run) < limit:
-                    run.append(packet)
-                    continue
-                if run:
-                    sent = send_run(run, size, None)
-                    packets += sent
-                    octets += sent * size
-                run = [packet]
-                size = len(packet)
-                limit = gso_limit(size)
+                if later is None:
+                    packets, octets = gso.send([packet], None)
+                    later = []
+                else:
+                    later.append(packet)
             else:
                 drops[check_from_tun(packet, address) or DropReason.SRC_NOT_OURS] += 1
-        if run:
-            sent = send_run(run, size, None)
+        if later:
+            sent, sent_octets = gso.send(later, None)
             packets += sent
-            octets += sent * size
+            octets += sent_octets
         if packets:
             self.tx_packets += packets
             self.tx_bytes += octets

@@ -26,7 +26,6 @@ from m6t.linux.tun import TunDevice
 from m6t.linux.udp import (
     EARLIER_DATAGRAM_ERRORS,
     UdpGso,
-    gso_limit,
     open_fragmentation_needed_listener,
     open_tunnel_socket,
     read_fragmentation_needed,
@@ -309,7 +308,7 @@ class GatewayDaemon:
     def _from_home(self, now: float) -> None:
         receive, client_mtu = self.gateway.receive_from_home, self.gateway.client_mtu
         read, tun_write = self.tun.read, self.tun.write
-        send_run = self._gso.send_run
+        send = self._gso.send
         listeners = self.listeners
         ntoa = socket.inet_ntoa
         last_peer = -1
@@ -320,12 +319,10 @@ class GatewayDaemon:
         # says why), so only its well-formedness is checked again.
         flow_dst = b""
         flow_limit = flow_peer = 0  # nothing matches until the core has decided once
-        # Consecutive packets of one size to one client leave as one UDP GSO message, except
-        # the first of a batch: it leaves at once, not after the read that finds the queue empty.
-        run: list[bytes] = []
-        size = limit = 0
+        # The first packet of a batch leaves at once, not after the read that finds the queue
+        # empty; the others leave per client, runs of one size as one UDP GSO message.
+        later: list[bytes] | None = None  # None until the first packet has left
         packets = octets = 0
-        first = True
         for _ in range(BATCH):
             packet = read()
             if packet is None:
@@ -339,38 +336,27 @@ class GatewayDaemon:
                     flow_peer, flow_dst, flow_limit = decision, packet[24:40], client_mtu(decision)
             if type(decision) is int:
                 if decision != last_peer:
-                    if run and sock is not None:
-                        sent = send_run(run, size, target, sock)
+                    if later and sock is not None:
+                        sent, sent_octets = send(later, target, sock)
                         packets += sent
-                        octets += sent * size
-                    run = []
+                        octets += sent_octets
+                        later = []
                     last_peer = decision
                     target = (ntoa((decision >> 24).to_bytes(4, "big")), decision >> 8 & 0xFFFF)
                     sock = listeners[decision & 0xFF]
                 if sock is None:
                     continue  # its listener was removed by a reload; the state will age out
-                if first:
-                    first = False
-                    sent = send_run([packet], len(packet), target, sock)
-                    packets += sent
-                    octets += sent * len(packet)
-                    continue
-                if len(packet) == size and len(run) < limit:
-                    run.append(packet)
-                    continue
-                if run:
-                    sent = send_run(run, size, target, sock)
-                    packets += sent
-                    octets += sent * size
-                run = [packet]
-                size = len(packet)
-                limit = gso_limit(size)
+                if later is None:
+                    packets, octets = send([packet], target, sock)
+                    later = []
+                else:
+                    later.append(packet)
             elif type(decision) is Reply:
                 tun_write(decision.packet)
-        if run and sock is not None:
-            sent = send_run(run, size, target, sock)
+        if later and sock is not None:
+            sent, sent_octets = send(later, target, sock)
             packets += sent
-            octets += sent * size
+            octets += sent_octets
         self.packets["to_client"] += packets
         self.octets["to_client"] += octets
 

@@ -236,6 +236,24 @@ class UdpGso:
         self.enabled = True
         self.refused_size = 1 << 16  # the smallest segment size the kernel refused
 
+    def send(self, datagrams: list[bytes], to: tuple[str, int] | None,
+             sock: socket.socket | None = None) -> tuple[int, int]:
+        """Send `datagrams` in order, each run of same-size ones (up to gso_limit) as one
+        message. Returns how many datagrams, and how many bytes, went out."""
+        count = octets = 0
+        start, end = 0, len(datagrams)
+        while start < end:
+            size = len(datagrams[start])
+            stop = min(end, start + gso_limit(size))
+            last = start + 1
+            while last < stop and len(datagrams[last]) == size:
+                last += 1
+            sent = self.send_run(datagrams[start:last], size, to, sock)
+            count += sent
+            octets += sent * size
+            start = last
+        return count, octets
+
     def send_run(self, run: list[bytes], size: int, to: tuple[str, int] | None,
                  sock: socket.socket | None = None) -> int:
         """Send `run` (datagrams of `size` bytes) on `sock` (default: this sender's socket),

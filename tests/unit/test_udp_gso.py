@@ -146,3 +146,24 @@ def test_the_same_error_twice_is_this_datagrams_own() -> None:
     gso = UdpGso(sock, lambda exc, n: lost.append((exc.errno, n)))  # type: ignore[arg-type]
     assert gso.send_run(RUN[:1], 100, TO) == 0
     assert lost == [(errno.ECONNREFUSED, 1)]
+
+
+def test_send_groups_runs_of_one_size_in_order() -> None:
+    sock = FakeSocket()
+    datagrams = [b"a" * 100] * 3 + [b"b" * 50] + [b"c" * 100] * 2
+    assert UdpGso(sock).send(datagrams, TO) == (6, 550)  # type: ignore[arg-type]
+    assert sock.messages == [(b"a" * 300, 100, TO), (b"c" * 200, 100, TO)]
+    assert sock.datagrams == [(b"b" * 50, TO)]
+
+
+def test_send_cuts_a_long_run_at_the_limit() -> None:
+    sock = FakeSocket()
+    assert UdpGso(sock).send([b"x" * 1472] * 50, None) == (50, 50 * 1472)  # type: ignore[arg-type]
+    assert [(len(data), segment) for data, segment, _ in sock.messages] == [
+        (44 * 1472, 1472), (6 * 1472, 1472)]
+
+
+def test_send_counts_only_what_went_out() -> None:
+    sock = FakeSocket(gso_errno=errno.EAGAIN)
+    gso = UdpGso(sock, lambda exc, n: None)  # type: ignore[arg-type]
+    assert gso.send([b"x" * 100] * 3 + [b"y" * 10], None) == (1, 10)
