@@ -35,6 +35,13 @@ def icmp_error(quoted_src: tuple[str, int], quoted_dst: tuple[str, int], mtu: in
     return message[:2] + struct.pack("!H", internet_checksum(message)) + message[4:]
 
 
+# Every ICMPv4 error Linux turns into a socket error for UDP, as (type, code): destination
+# unreachable (net/ipv4/icmp.c icmp_err_convert, all but "fragmentation needed"), time
+# exceeded and parameter problem. Tests forge each one at the daemons.
+UDP_SOCKET_ERRORS = [(3, code) for code in (0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)]
+UDP_SOCKET_ERRORS += [(11, 0), (12, 0)]
+
+
 def _endpoint(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host, int(port)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from m6t.lab.inject import UDP_SOCKET_ERRORS
 from m6t.lab.lab import Lab, wait_for
 
 pytestmark = pytest.mark.netns
@@ -317,12 +318,6 @@ def test_one_clients_closed_port_costs_no_other_packet(lab: Lab) -> None:
                 >= 6, "all six packets sent")
 
 
-# Every ICMPv4 error Linux turns into a socket error for UDP (net/ipv4/icmp.c icmp_err_convert,
-# time exceeded, parameter problem), as (type, code).
-FORGED_ICMP_ERRORS = [(3, code) for code in (0, 1, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)]
-FORGED_ICMP_ERRORS += [(11, 0), (12, 0)]
-
-
 def test_no_forged_icmp_error_stops_the_gateway_or_costs_a_packet(lab: Lab) -> None:
     """Anyone can forge an ICMP error quoting a datagram from the gateway's port to anywhere;
     with IP_RECVERR one that arrives while the gateway is busy fails its next send. The gateway
@@ -331,7 +326,7 @@ def test_no_forged_icmp_error_stops_the_gateway_or_costs_a_packet(lab: Lab) -> N
     gateway = lab.start_gateway()
     assert client(lab, "echo", "--src", SRC, "--dst", lab.addr.home_agent)["received"] == 1
     sent = 'm6t_gateway_packets_total{direction="to_client"}'
-    for icmp_type, code in FORGED_ICMP_ERRORS:
+    for icmp_type, code in UDP_SOCKET_ERRORS:
         before = lab.metrics()[sent]
         gateway.send_signal(signal.SIGSTOP)
         try:

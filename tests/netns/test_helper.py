@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from m6t.control.client import HelperClient, HelperError, HelperNotRunning
+from m6t.lab.inject import UDP_SOCKET_ERRORS
 from m6t.lab.lab import Lab, wait_for
 
 pytestmark = pytest.mark.netns
@@ -435,3 +436,34 @@ def test_esp_and_ipv6_fragments_pass_untouched(world: Lab) -> None:
     # A 3000-byte ping leaves mn as IPv6 fragments (tunnel MTU 1472) and is reassembled by
     # the HA; its answer may need one Packet Too Big round first, hence a few tries.
     assert ping(world, count=4, size=3000)
+
+
+def test_no_forged_icmp_error_costs_the_helper_a_packet(world: Lab) -> None:
+    """An ICMP error about the tunnel's datagrams (forged by anyone on the path) fails the
+    helper's next send with IP_RECVERR: that packet must still leave. The helper is frozen
+    while a ping is queued on m6t0 and then the error arrives, so that the send meets it."""
+    connect(world)
+    sockets = world.run("mn", ["ss", "-Huan"]).stdout
+    (port,) = [int(m) for m in re.findall(r":(\d+)\s+198\.51\.100\.1:3544", sockets)]
+    helper = world.helper_process
+
+    def echoes_sent() -> int:  # by mn's IPv6 stack (m6t0 is its only IPv6 route)
+        snmp6 = world.run("mn", ["cat", "/proc/net/snmp6"]).stdout
+        return int(re.search(r"^Icmp6OutEchos\s+(\d+)", snmp6, re.MULTILINE).group(1))
+
+    for icmp_type, code in UDP_SOCKET_ERRORS:
+        helper.send_signal(signal.SIGSTOP)
+        try:
+            before = echoes_sent()
+            pinger = world.spawn("mn", ["ping", "-6", "-n", "-c", "1", "-W", "3",
+                                        world.addr.home_agent], log_name="ping")
+            wait_for(lambda before=before: echoes_sent() > before, 5, "the ping on m6t0")
+            world.python("nat", "m6t.lab.inject", "--from", world.addr.nat_lan, "--quoted-src",
+                         f"{world.addr.mn}:{port}", "--quoted-dst", f"{world.addr.gw_wan}:3544",
+                         "--type", str(icmp_type), "--code", str(code))
+        finally:
+            helper.send_signal(signal.SIGCONT)
+        assert pinger.wait(10) == 0, f"ICMP {icmp_type}/{code}: the ping got no answer"
+    after = status(world)
+    assert after["state"] == "connected"
+    assert not {"send_failed", "gateway_refused", "no_ipv4_route"} & set(after["drops"])
