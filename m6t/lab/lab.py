@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,17 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
         if time.monotonic() >= deadline:
             raise LabError(f"timed out after {timeout:.1f}s waiting for {what}")
         time.sleep(interval)
+
+
+@contextlib.contextmanager
+def frozen(process: subprocess.Popen[bytes]) -> Iterator[None]:
+    """The process stopped where it is (SIGSTOP), so that what arrives meanwhile waits for it
+    in one batch, or what a test sees is what was true then; SIGCONT on the way out."""
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
 
 
 def missing_tools(tools: Sequence[str] = REQUIRED_TOOLS) -> list[str]:

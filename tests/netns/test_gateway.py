@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from m6t.lab.inject import UDP_SOCKET_ERRORS
-from m6t.lab.lab import Lab, wait_for
+from m6t.lab.lab import Lab, frozen, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -226,11 +226,8 @@ def test_a_batch_of_one_flow_with_bad_twins_mixed_in(lab: Lab) -> None:
     """Within one batch the gateway skips the core for the rest of a flow it forwarded; every
     malformed or spoofed packet with the flow's addresses must still be dropped by name."""
     gateway = lab.start_gateway()
-    gateway.send_signal(signal.SIGSTOP)  # everything below then arrives in one batch
-    try:
+    with frozen(gateway):  # everything below then arrives in one batch
         client(lab, "burst", "--src", SRC, "--dst", lab.addr.home_agent, "--count", "20")
-    finally:
-        gateway.send_signal(signal.SIGCONT)
     wait_metric(lab, lambda m: m['m6t_gateway_drops_total{reason="ipv4_mismatch"}'] == 20,
                 "the spoofed copies to be dropped")
     metrics = lab.metrics()
@@ -249,13 +246,10 @@ def test_a_batch_from_home_still_gets_packet_too_big_past_the_clients_mtu(lab: L
                "--mtu", "1308")  # the client's tunnel MTU becomes 1280
     wait_metric(lab, lambda m: m["m6t_gateway_client_mtu_lowered_total"] == 1, "MTU 1280")
     before = lab.metrics()
-    gateway.send_signal(signal.SIGSTOP)
-    try:
+    with frozen(gateway):
         for size in ("56", "1300", "56"):  # 104, 1348 and 104 bytes
             lab.run("ha", ["ping", "-6", "-n", "-c", "3", "-i", "0.01", "-W", "0.2", "-s", size,
                            "-M", "do", SRC], check=False)
-    finally:
-        gateway.send_signal(signal.SIGCONT)
 
     def grew(metrics: dict[str, float], name: str) -> float:
         return metrics[name] - before[name]
@@ -307,13 +301,10 @@ def test_one_clients_closed_port_costs_no_other_packet(lab: Lab) -> None:
         assert client(lab, "echo", "--src", src, "--dst", lab.addr.home_agent,
                       bind=bind)["received"] == 1
     before = lab.metrics()["m6t_gateway_packets_total{direction=\"to_client\"}"]
-    gateway.send_signal(signal.SIGSTOP)  # six packets for two clients, in one batch
-    try:
+    with frozen(gateway):  # six packets for two clients, in one batch
         for dst in (SRC, OTHER_SRC):
             lab.run("ha", ["ping", "-6", "-n", "-c", "3", "-i", "0.01", "-W", "0.2", dst],
                     check=False)
-    finally:
-        gateway.send_signal(signal.SIGCONT)
     wait_metric(lab, lambda m: m['m6t_gateway_packets_total{direction="to_client"}'] - before
                 >= 6, "all six packets sent")
 
@@ -328,14 +319,11 @@ def test_no_forged_icmp_error_stops_the_gateway_or_costs_a_packet(lab: Lab) -> N
     sent = 'm6t_gateway_packets_total{direction="to_client"}'
     for icmp_type, code in UDP_SOCKET_ERRORS:
         before = lab.metrics()[sent]
-        gateway.send_signal(signal.SIGSTOP)
-        try:
+        with frozen(gateway):
             lab.run("ha", ["ping", "-6", "-n", "-c", "1", "-W", "0.1", SRC], check=False)
             lab.python("nat", "m6t.lab.inject", "--from", lab.addr.outsider, "--quoted-src",
                        f"{lab.addr.gw_wan}:3544", "--quoted-dst", "203.0.113.7:9",
                        "--type", str(icmp_type), "--code", str(code))
-        finally:
-            gateway.send_signal(signal.SIGCONT)
         wait_for(lambda before=before: gateway.poll() is not None
                  or (lab.metrics(check=False) or {}).get(sent) == before + 1, 5,
                  f"the packet queued with ICMP type {icmp_type} code {code} to be sent",

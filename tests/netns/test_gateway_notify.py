@@ -9,8 +9,6 @@ The helper's READY=1 means its control socket accepts connections.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import signal
 import socket
@@ -21,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from m6t.lab.lab import Lab, wait_for
+from m6t.lab.lab import Lab, frozen, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -48,16 +46,6 @@ def receive(sock: socket.socket, lab: Lab, timeout: float = 10) -> tuple[str, in
     ((level, kind, credentials),) = ancillary
     assert (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS)
     return data.decode(), int.from_bytes(credentials[:4], sys.byteorder)
-
-
-@contextlib.contextmanager
-def frozen(process: subprocess.Popen[bytes]) -> Iterator[None]:
-    """The process stopped where it is, so what the test sees is what was true then."""
-    os.kill(process.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(process.pid, signal.SIGCONT)
 
 
 def start_gateway(lab: Lab, manager: socket.socket) -> subprocess.Popen[bytes]:

@@ -20,7 +20,7 @@ import pytest
 
 from m6t.control.client import HelperClient, HelperError, HelperNotRunning
 from m6t.lab.inject import UDP_SOCKET_ERRORS
-from m6t.lab.lab import Lab, wait_for
+from m6t.lab.lab import Lab, frozen, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -452,8 +452,7 @@ def test_no_forged_icmp_error_costs_the_helper_a_packet(world: Lab) -> None:
         return int(re.search(r"^Icmp6OutEchos\s+(\d+)", snmp6, re.MULTILINE).group(1))
 
     for icmp_type, code in UDP_SOCKET_ERRORS:
-        helper.send_signal(signal.SIGSTOP)
-        try:
+        with frozen(helper):
             before = echoes_sent()
             pinger = world.spawn("mn", ["ping", "-6", "-n", "-c", "1", "-W", "3",
                                         world.addr.home_agent], log_name="ping")
@@ -461,8 +460,6 @@ def test_no_forged_icmp_error_costs_the_helper_a_packet(world: Lab) -> None:
             world.python("nat", "m6t.lab.inject", "--from", world.addr.nat_lan, "--quoted-src",
                          f"{world.addr.mn}:{port}", "--quoted-dst", f"{world.addr.gw_wan}:3544",
                          "--type", str(icmp_type), "--code", str(code))
-        finally:
-            helper.send_signal(signal.SIGCONT)
         assert pinger.wait(10) == 0, f"ICMP {icmp_type}/{code}: the ping got no answer"
     after = status(world)
     assert after["state"] == "connected"
