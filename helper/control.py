@@ -23,9 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from m6t.control import schema
+from m6t.control import wire
+from m6t.control.errors import (
+    ControlError,
+    ErrorData,
+    InternalError,
+    InvalidRequest,
+    MethodNotFound,
+    PermissionDenied,
+)
+from m6t.control.schema import MAX_LINE_BYTES, METHODS, Event
 
 log = logging.getLogger("m6t.helper")
 
@@ -33,17 +40,6 @@ MAX_CONNECTIONS = 64
 MAX_IN_FLIGHT = 8  # requests per connection being served at once
 PARTIAL_LINE_TIMEOUT = 10.0
 MAX_QUEUED = 1000  # messages waiting for a slow reader before it is disconnected
-
-_encoder = msgspec.json.Encoder()
-
-
-class RpcError(Exception):
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
 
 @dataclass(eq=False)  # identity: connections live in a set
 class Connection:
@@ -55,9 +51,6 @@ class Connection:
     subscribed: bool = False
     closed: bool = False
     in_flight: int = 0
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.send_line(_encoder.encode(message) + b"\n")
 
     def send_line(self, line: bytes) -> None:
         if self.closed:
@@ -75,13 +68,6 @@ class Connection:
 
 
 Handler = Callable[[Connection, Any], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class Method:
-    handler: Handler
-    params: type | None  # msgspec type the params decode into
-    writes: bool
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -108,11 +94,14 @@ def in_group(uid: int, gid: int, group: str) -> bool:
 
 class ControlServer:
     def __init__(self, path: str, group: str, others: str,
-                 methods: dict[str, Method]) -> None:
+                 handlers: dict[str, Handler]) -> None:
+        if set(handlers) != set(METHODS):
+            raise ValueError(f"handlers {sorted(handlers)} do not match the API's methods "
+                             f"{sorted(METHODS)}")
         self.path = path
         self.group = group
         self.others = others  # "read" or "none"
-        self.methods = methods
+        self.handlers = handlers
         self.connections: set[Connection] = set()
         self.line_timeout = PARTIAL_LINE_TIMEOUT
         self._server: asyncio.Server | None = None
@@ -120,7 +109,7 @@ class ControlServer:
     async def start(self) -> None:
         self._claim_path()
         self._server = await asyncio.start_unix_server(self._serve, self.path,
-                                                       limit=schema.MAX_LINE_BYTES * 2)
+                                                       limit=MAX_LINE_BYTES * 2)
         self._set_permissions()
 
     def _claim_path(self) -> None:
@@ -169,11 +158,11 @@ class ControlServer:
                 await asyncio.wait_for(self._server.wait_closed(), 2)
         Path(self.path).unlink(missing_ok=True)
 
-    def broadcast(self, event: dict[str, Any]) -> None:
+    def broadcast(self, event: Event) -> None:
         subscribers = [c for c in self.connections if c.subscribed]
         if not subscribers:
             return
-        line = _encoder.encode({"jsonrpc": "2.0", "method": "event", "params": event}) + b"\n"
+        line = wire.encode_event(event)
         for connection in subscribers:
             connection.send_line(line)
 
@@ -218,7 +207,7 @@ class ControlServer:
 
     async def _read_loop(self, connection: Connection, reader: asyncio.StreamReader) -> None:
         loop = asyncio.get_running_loop()
-        buffer = bytearray()
+        framer = wire.LineFramer()
         partial_since: float | None = None
         while not connection.closed:
             timeout = None
@@ -231,97 +220,55 @@ class ControlServer:
                 return
             if not chunk:
                 return
-            buffer += chunk
-            while True:
-                end = buffer.find(b"\n")
-                if end < 0:
-                    break
-                line = bytes(buffer[:end])
-                del buffer[:end + 1]
-                if len(line) > schema.MAX_LINE_BYTES:
-                    self._too_long(connection)
+            for line in framer.feed(chunk):
+                if isinstance(line, wire.Oversize):
+                    # Written directly: the connection closes right after, and closing a
+                    # transport still flushes what it has buffered.
+                    connection.writer.write(wire.encode_error(None, InvalidRequest(
+                        f"line longer than {MAX_LINE_BYTES} bytes")))
                     return
-                if line.strip():
-                    self._dispatch(connection, line)
-            if len(buffer) > schema.MAX_LINE_BYTES:
-                self._too_long(connection)
-                return
-            partial_since = (partial_since or loop.time()) if buffer else None
-
-    def _too_long(self, connection: Connection) -> None:
-        # Written directly: the connection closes right after, and closing a transport still
-        # flushes what it has buffered.
-        connection.writer.write(_encoder.encode(_error(
-            None, schema.INVALID_REQUEST,
-            f"line longer than {schema.MAX_LINE_BYTES} bytes")) + b"\n")
+                self._dispatch(connection, line)
+            partial_since = (partial_since or loop.time()) if framer.partial else None
 
     def _dispatch(self, connection: Connection, line: bytes) -> None:
         if connection.in_flight >= MAX_IN_FLIGHT:
-            connection.send(_error(None, schema.INVALID_REQUEST,
-                                   f"more than {MAX_IN_FLIGHT} requests in flight"))
+            connection.send_line(wire.encode_error(None, InvalidRequest(
+                f"more than {MAX_IN_FLIGHT} requests in flight")))
             return
         connection.in_flight += 1
         task = asyncio.create_task(self._answer(connection, line))
         task.add_done_callback(lambda _: _finished(connection))
 
     async def _answer(self, connection: Connection, line: bytes) -> None:
-        request_id: Any = None
         try:
-            try:
-                raw = msgspec.json.decode(line)
-            except msgspec.DecodeError as exc:
-                raise RpcError(schema.PARSE_ERROR, f"not JSON: {exc}") from None
-            if isinstance(raw, dict):
-                candidate = raw.get("id")
-                if isinstance(candidate, (int, str)) and not isinstance(candidate, bool):
-                    request_id = candidate
-            try:
-                request = msgspec.convert(raw, schema.Request)
-            except msgspec.ValidationError as exc:
-                raise RpcError(schema.INVALID_REQUEST,
-                               f"not a JSON-RPC 2.0 request: {exc}") from None
-            method = self.methods.get(request.method)
-            if method is None:
-                raise RpcError(schema.METHOD_NOT_FOUND, f"unknown method {request.method!r} "
-                               f"(known: {', '.join(sorted(self.methods))})")
-            if method.writes and not connection.can_write:
-                raise RpcError(schema.PERMISSION_DENIED,
-                               f"permission denied: join group {self.group} ({request.method} "
-                               "needs root or membership of that group)")
-            params: Any = None
-            if method.params is not None:
-                params = _decode_params(request.params, method.params)
-            result = await method.handler(connection, params)
-        except RpcError as exc:
-            if request_id is not None or exc.code in (schema.PARSE_ERROR,
-                                                     schema.INVALID_REQUEST):
-                connection.send(_error(request_id, exc.code, exc.message, exc.data))
+            request = wire.decode_request(line)
+        except wire.UnreadableRequest as exc:
+            # Parse errors and invalid requests are answered even without an id (JSON-RPC 2.0).
+            connection.send_line(wire.encode_error(exc.request_id, exc.error))
+            return
+        try:
+            spec = METHODS.get(request.method)
+            if spec is None:
+                raise MethodNotFound(f"unknown method {request.method!r} "
+                                     f"(known: {', '.join(sorted(METHODS))})")
+            if spec.writes and not connection.can_write:
+                raise PermissionDenied(
+                    f"permission denied: join group {self.group} ({request.method} needs root "
+                    "or membership of that group)", ErrorData(group=self.group))
+            params = wire.decode_params(request.method, request.params)
+            result = await self.handlers[request.method](connection, params)
+        except ControlError as exc:
+            if request.id is not None:
+                connection.send_line(wire.encode_error(request.id, exc))
             return
         except Exception as exc:
             log.exception("control: internal error")
-            connection.send(_error(request_id, schema.INTERNAL_ERROR, f"internal error: {exc}"))
+            connection.send_line(wire.encode_error(request.id, InternalError(
+                f"internal error: {exc}")))
             return
-        if request_id is not None:
-            connection.send({"jsonrpc": "2.0", "id": request_id,
-                             "result": msgspec.to_builtins(result)})
+        if request.id is not None:
+            connection.send_line(wire.encode_result(request.id, result))
 
 
 def _finished(connection: Connection) -> None:
     connection.in_flight -= 1
-
-
-def _error(request_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
-    if data is not None:
-        error["data"] = data
-    return {"jsonrpc": "2.0", "id": request_id, "error": error}
-
-
-def _decode_params(params: Any, kind: type) -> Any:
-    try:
-        return msgspec.convert(params if params is not None else {}, kind)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        path = text.rpartition("`$.")[2].rstrip("`") if "`$." in text else None
-        raise RpcError(schema.INVALID_PARAMS, f"invalid params: {text}",
-                       {"field": path} if path else None) from None

@@ -8,22 +8,43 @@ import contextlib
 import logging
 import signal
 import time
-from typing import Any, Literal
+from typing import Any
 
-import msgspec
-from m6t_helper.control import Connection, ControlServer, Method, RpcError
+from m6t_helper.control import Connection, ControlServer
 from m6t_helper.netwatch import NetworkWatch
 from m6t_helper.system import free_name, remove_leftovers
 from m6t_helper.tunnel import Tunnel, race_ports, resolve_ipv4
 
 from m6t import __version__
 from m6t.control import schema
-from m6t.control.schema import Profile, ProfileError, validate_profile
+from m6t.control.errors import ErrorData, InvalidParams, NotFound, Unavailable
+from m6t.control.schema import (
+    Access,
+    ConnectParams,
+    DisconnectResult,
+    Event,
+    MtuReport,
+    NameParams,
+    NoParams,
+    OptionalNameParams,
+    ProbeParams,
+    ProbeResult,
+    Profile,
+    ProfileError,
+    RemovedEvent,
+    SetMtuParams,
+    StatusResult,
+    TrafficEvent,
+    TunnelStatus,
+    VersionResult,
+    validate_profile,
+)
 from m6t.linux import systemd
 from m6t.linux.netlink import Netlink
 from m6t.linux.udp import open_fragmentation_needed_listener, read_fragmentation_needed
 from m6t.protocol.client import tunnel_mtu_for_route
 from m6t.protocol.constants import IPV6_MINIMUM_MTU
+from m6t.protocol.session import Cause
 
 log = logging.getLogger("m6t.helper")
 
@@ -31,38 +52,12 @@ FIRST_OUTCOME_TIMEOUT = 20.0
 TRAFFIC_INTERVAL = 1.0
 
 
-class ConnectParams(msgspec.Struct, forbid_unknown_fields=True):
-    profile: Profile
-
-
-class ProbeParams(msgspec.Struct, forbid_unknown_fields=True):
-    profile: Profile
-    timeout: float = 3.0
-
-
-class NameParams(msgspec.Struct, forbid_unknown_fields=True):
-    profile: str
-
-
-class OptionalNameParams(msgspec.Struct, forbid_unknown_fields=True):
-    profile: str | None = None
-
-
-class SetMtuParams(msgspec.Struct, forbid_unknown_fields=True):
-    profile: str
-    mtu: int | Literal["auto"]
-
-
-class NoParams(msgspec.Struct, forbid_unknown_fields=True):
-    pass
-
-
 def _valid(profile: Profile) -> Profile:
     try:
         return validate_profile(profile)
     except ProfileError as exc:
-        raise RpcError(schema.INVALID_PARAMS, f"invalid profile: {exc}",
-                       {"field": f"profile.{exc.field}"}) from None
+        raise InvalidParams(f"invalid profile: {exc}",
+                            ErrorData(field=f"profile.{exc.field}")) from None
 
 
 class Helper:
@@ -72,18 +67,13 @@ class Helper:
         self.tunnels: dict[str, Tunnel] = {}
         self.started = time.time()
         self._stop = asyncio.Event()
-        methods = {
-            "version": Method(self.version, None, writes=False),
-            "status": Method(self.status, None, writes=False),
-            "subscribe": Method(self.subscribe, None, writes=False),
-            "connect": Method(self.connect, ConnectParams, writes=True),
-            "disconnect": Method(self.disconnect, OptionalNameParams, writes=True),
-            "probe": Method(self.probe, ProbeParams, writes=True),
-            "probe_mtu": Method(self.probe_mtu, NameParams, writes=True),
-            "set_mtu": Method(self.set_mtu, SetMtuParams, writes=True),
-            "regenerate": Method(self.regenerate, NameParams, writes=True),
+        # Which methods exist, their params and who may call them: schema.METHODS.
+        handlers = {
+            "version": self.version, "status": self.status, "subscribe": self.subscribe,
+            "connect": self.connect, "disconnect": self.disconnect, "probe": self.probe,
+            "probe_mtu": self.probe_mtu, "set_mtu": self.set_mtu, "regenerate": self.regenerate,
         }
-        self.control = ControlServer(socket_path, group, others, methods)
+        self.control = ControlServer(socket_path, group, others, handlers)
         self._traffic: dict[str, tuple[float, int, int]] = {}
 
     # --- running ---
@@ -117,7 +107,7 @@ class Helper:
             watch.close()
             self.netlink.close()
 
-    def publish(self, event: dict[str, Any]) -> None:
+    def publish(self, event: Event) -> None:
         self.control.broadcast(event)
 
     def taken_suffixes(self, prefix: str, exclude: Tunnel | None) -> set[int]:
@@ -159,35 +149,36 @@ class Helper:
                     tx_rate = (tx - before[2]) / (now - before[0])
                 self._traffic[tunnel.name] = (now, rx, tx)
                 tunnel_status = tunnel.status()
-                self.publish({"type": "traffic", "tunnel": tunnel.name,
-                              "profile": tunnel.profile.name, "rx_bytes": rx, "tx_bytes": tx,
-                              "rx_packets": pump.rx_packets, "tx_packets": pump.tx_packets,
-                              "rx_rate": round(rx_rate, 1), "tx_rate": round(tx_rate, 1),
-                              "rtt_ms": tunnel_status.rtt_ms})
+                self.publish(TrafficEvent(
+                    tunnel=tunnel.name, profile=tunnel.profile.name, rx_bytes=rx, tx_bytes=tx,
+                    rx_packets=pump.rx_packets, tx_packets=pump.tx_packets,
+                    rx_rate=round(rx_rate, 1), tx_rate=round(tx_rate, 1),
+                    rtt_ms=tunnel_status.rtt_ms))
 
     def _tunnel(self, name: str) -> Tunnel:
         tunnel = self.tunnels.get(name)
         if tunnel is None:
             known = ", ".join(sorted(self.tunnels)) or "none"
-            raise RpcError(schema.NOT_FOUND, f"no tunnel for profile {name!r} (connected: "
-                                             f"{known})")
+            raise NotFound(f"no tunnel for profile {name!r} (connected: {known})",
+                           ErrorData(tunnels=sorted(self.tunnels)))
         return tunnel
 
     # --- methods ---
 
-    async def version(self, connection: Connection, params: None) -> dict[str, Any]:
-        return {"version": __version__, "api": schema.API_VERSION}
+    async def version(self, connection: Connection, params: NoParams) -> VersionResult:
+        return VersionResult(version=__version__, api=schema.API_VERSION)
 
-    async def status(self, connection: Connection, params: None) -> dict[str, Any]:
-        return {"tunnels": [msgspec.to_builtins(t.status()) for t in self.tunnels.values()],
-                "access": "read-write" if connection.can_write else "read-only"}
+    async def status(self, connection: Connection, params: NoParams) -> StatusResult:
+        return StatusResult(tunnels=[t.status() for t in self.tunnels.values()],
+                            access=Access.READ_WRITE if connection.can_write
+                            else Access.READ_ONLY)
 
-    async def subscribe(self, connection: Connection, params: None) -> dict[str, Any]:
-        result = await self.status(connection, None)
+    async def subscribe(self, connection: Connection, params: NoParams) -> StatusResult:
+        result = await self.status(connection, params)
         connection.subscribed = True  # events queue up behind this answer, in order
         return result
 
-    async def connect(self, connection: Connection, params: ConnectParams) -> Any:
+    async def connect(self, connection: Connection, params: ConnectParams) -> TunnelStatus:
         profile = _valid(params.profile)
         existing = self.tunnels.get(profile.name)
         if existing is not None:
@@ -203,41 +194,41 @@ class Helper:
             await asyncio.wait_for(asyncio.shield(tunnel.first_outcome), FIRST_OUTCOME_TIMEOUT)
         return tunnel.status()
 
-    async def disconnect(self, connection: Connection, params: OptionalNameParams) -> Any:
+    async def disconnect(self, connection: Connection,
+                         params: OptionalNameParams) -> DisconnectResult:
         names = [params.profile] if params.profile else list(self.tunnels)
         for name in names:
             self._tunnel(name)
         for name in names:
             tunnel = self.tunnels.pop(name)
             await tunnel.stop("user_request")
-            self.publish({"type": "removed", "tunnel": tunnel.name, "profile": name})
-        return {"disconnected": names}
+            self.publish(RemovedEvent(tunnel=tunnel.name, profile=name))
+        return DisconnectResult(disconnected=names)
 
-    async def probe(self, connection: Connection, params: ProbeParams) -> Any:
+    async def probe(self, connection: Connection, params: ProbeParams) -> ProbeResult:
         profile = _valid(params.profile)
         if not 0.2 <= params.timeout <= 30:
-            raise RpcError(schema.INVALID_PARAMS, "timeout must be 0.2-30 s",
-                           {"field": "timeout"})
+            raise InvalidParams("timeout must be 0.2-30 s", ErrorData(field="timeout"))
         try:
             gateway = await resolve_ipv4(self.loop, profile.gateway)
         except OSError as exc:
-            raise RpcError(schema.UNAVAILABLE, f"cannot resolve {profile.gateway}: {exc}",
-                           {"cause": "resolve_failed"}) from None
+            raise Unavailable(f"cannot resolve {profile.gateway}: {exc}",
+                              ErrorData(cause=Cause.RESOLVE_FAILED)) from None
         if self.netlink.route_to(gateway) is None:
-            raise RpcError(schema.UNAVAILABLE, f"no IPv4 route to {gateway}",
-                           {"cause": "no_ipv4_network"})
+            raise Unavailable(f"no IPv4 route to {gateway}",
+                              ErrorData(cause=Cause.NO_IPV4_NETWORK))
         taken = self.taken_suffixes(profile.prefix, None)
         _, ports = await race_ports(self.loop, gateway, profile, taken, first_wins=False,
                                     timeout=params.timeout)
-        return {"gateway_address": gateway, "ports": ports}
+        return ProbeResult(gateway_address=gateway, ports=ports)
 
-    async def probe_mtu(self, connection: Connection, params: NameParams) -> Any:
+    async def probe_mtu(self, connection: Connection, params: NameParams) -> MtuReport:
         tunnel = self._tunnel(params.profile)
         if tunnel.state != "connected":
-            raise RpcError(schema.UNAVAILABLE, f"tunnel {tunnel.name} is {tunnel.state}")
+            raise Unavailable(f"tunnel {tunnel.name} is {tunnel.state}")
         return await tunnel.probe_mtu()
 
-    async def set_mtu(self, connection: Connection, params: SetMtuParams) -> Any:
+    async def set_mtu(self, connection: Connection, params: SetMtuParams) -> TunnelStatus:
         tunnel = self._tunnel(params.profile)
         if params.mtu == "auto":
             route = (self.netlink.route_to(tunnel.gateway_address)
@@ -248,15 +239,15 @@ class Helper:
             try:
                 schema.check_mtu(params.mtu)
             except ProfileError as exc:
-                raise RpcError(schema.INVALID_PARAMS, str(exc), {"field": "mtu"}) from None
+                raise InvalidParams(str(exc), ErrorData(field="mtu")) from None
             mtu, reason = max(IPV6_MINIMUM_MTU, params.mtu), "user_request"
         tunnel.set_mtu(mtu, reason)
         return tunnel.status()
 
-    async def regenerate(self, connection: Connection, params: NameParams) -> Any:
+    async def regenerate(self, connection: Connection, params: NameParams) -> TunnelStatus:
         tunnel = self._tunnel(params.profile)
         if tunnel.state != "connected":
-            raise RpcError(schema.UNAVAILABLE, f"tunnel {tunnel.name} is {tunnel.state}")
+            raise Unavailable(f"tunnel {tunnel.name} is {tunnel.state}")
         tunnel.request("user_request")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(tunnel.next_outcome(), FIRST_OUTCOME_TIMEOUT)

@@ -22,17 +22,20 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-import msgspec
 from m6t_helper.datapath import Pump, Target
 from m6t_helper.system import TunnelInterface
 
 from m6t.control.schema import (
     AddressChange,
+    AddressEvent,
+    Event,
+    MtuEvent,
     MtuReport,
     PortProbe,
     Profile,
+    StateEvent,
     TunnelStatus,
 )
 from m6t.linux.fragments import fragment_udp, send_fragments
@@ -69,7 +72,7 @@ class HelperContext(Protocol):
     loop: asyncio.AbstractEventLoop
     netlink: Netlink
 
-    def publish(self, event: dict[str, Any]) -> None: ...
+    def publish(self, event: Event) -> None: ...
     def taken_suffixes(self, prefix: str, exclude: Tunnel | None) -> set[int]: ...
 
 
@@ -215,18 +218,15 @@ class Tunnel:
             drops=pump.drops() if pump else {}, since=self.since, history=list(self.history),
             ports=list(self.ports))
 
-    def _event(self, kind: str, **fields: Any) -> None:
-        self.context.publish({"type": kind, "tunnel": self.name, "profile": self.profile.name,
-                              **fields})
-
     def _set_state(self, state: str, cause: str) -> None:
         changed = (state, cause) != (self.state, self.cause)
         self.state, self.cause = state, cause
         if changed:
             self.since = time.time()
             log.info("%s (%s): %s, %s", self.name, self.profile.name, state, cause)
-            self._event("state", state=state, cause=cause,
-                        status=msgspec.to_builtins(self.status()))
+            self.context.publish(StateEvent(
+                tunnel=self.name, profile=self.profile.name, state=state, cause=cause,
+                status=self.status(), message=self.last_error if state == "error" else None))
         if state in ("connected", "waiting", "error"):
             if not self.first_outcome.done():
                 self.first_outcome.set_result(None)
@@ -374,7 +374,9 @@ class Tunnel:
         now = time.monotonic()
         self.liveness.start(now)
         self.pump.last_received = self.pump.last_sent = now
-        self._event("address", **msgspec.to_builtins(change))
+        self.context.publish(AddressEvent(
+            tunnel=self.name, profile=self.profile.name, address=change.address,
+            previous=change.previous, reason=change.reason, at=change.at))
 
     async def _monitor(self) -> str:
         """Keep the connection alive; return why it must be replaced."""
@@ -455,7 +457,8 @@ class Tunnel:
             self.interface.set_mtu(mtu)
         if mtu != previous:
             log.info("%s: MTU %d -> %d (%s)", self.name, previous, mtu, reason)
-            self._event("mtu", mtu=mtu, previous=previous, reason=reason)
+            self.context.publish(MtuEvent(tunnel=self.name, profile=self.profile.name, mtu=mtu,
+                                          previous=previous, reason=reason))
 
     def fragmentation_needed(self, ipv4_mtu: int) -> None:
         """An ICMPv4 "fragmentation needed" about our datagrams: "Reception of ICMP Packet too

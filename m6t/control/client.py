@@ -1,7 +1,7 @@
-"""A blocking client of the helper's control API, with errors mapped to typed exceptions.
+"""A blocking client of the helper's control API: typed records in, typed records out.
 
-Used by the `m6t` CLI and by tests; the desktop app speaks the same protocol through Qt's own
-event loop instead (m6t_desktop/client.py).
+Used by the `m6t` CLI, the lab and tests; the desktop app speaks the same protocol through Qt's
+event loop instead (m6t_desktop/client.py). Both frame and decode with `m6t.control.wire`.
 """
 
 from __future__ import annotations
@@ -10,61 +10,27 @@ import errno
 import itertools
 import os
 import socket
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-import msgspec
+from m6t.control import wire
+from m6t.control.errors import (
+    BadReply,
+    ConnectionLost,
+    ControlError,
+    ErrorData,
+    HelperNotRunning,
+    PermissionDenied,
+    TimedOut,
+)
+from m6t.control.schema import DEFAULT_SOCKET, Event
 
-from m6t.control import schema
-
-_encoder = msgspec.json.Encoder()
-
-
-class HelperError(Exception):
-    """An error the helper returned; `code` is the JSON-RPC code."""
-
-    code = 0
-
-    def __init__(self, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.data = data
-
-
-class HelperNotRunning(HelperError):
-    pass
-
-
-class ProtocolError(HelperError):
-    """The other end does not speak the control API (garbage, oversize line)."""
-
-
-class PermissionDenied(HelperError):
-    code = schema.PERMISSION_DENIED
-
-
-class InvalidParams(HelperError):
-    code = schema.INVALID_PARAMS
-
-
-class NotFound(HelperError):
-    code = schema.NOT_FOUND
-
-
-class Unavailable(HelperError):
-    code = schema.UNAVAILABLE
-
-
-class Conflict(HelperError):
-    code = schema.CONFLICT
-
-
-_BY_CODE: dict[int, type[HelperError]] = {
-    cls.code: cls for cls in (PermissionDenied, InvalidParams, NotFound, Unavailable, Conflict)
-}
+DEFAULT_GROUP = "m6t"
 
 
 def socket_path(explicit: str | None = None) -> str:
-    return explicit or os.environ.get("M6T_SOCKET") or schema.DEFAULT_SOCKET
+    return explicit or os.environ.get("M6T_SOCKET") or DEFAULT_SOCKET
 
 
 class HelperClient:
@@ -72,31 +38,30 @@ class HelperClient:
         self.path = socket_path(path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.settimeout(timeout)
+        where = ErrorData(socket=self.path)
         try:
             self._sock.connect(self.path)
         except FileNotFoundError:
             self._sock.close()
-            raise HelperNotRunning(f"helper not running: start m6t-helper (no socket at "
-                                   f"{self.path})") from None
+            raise HelperNotRunning(f"no socket at {self.path}", where) from None
         except ConnectionRefusedError:
             self._sock.close()
-            raise HelperNotRunning(f"helper not running: start m6t-helper (stale socket "
-                                   f"{self.path})") from None
+            raise HelperNotRunning(f"stale socket {self.path}", where) from None
         except PermissionError:
             self._sock.close()
-            raise PermissionDenied(f"permission denied on {self.path}: join group m6t "
-                                   "(sudo usermod -aG m6t $USER, then log in again)") from None
+            raise PermissionDenied(f"permission denied on {self.path}",
+                                   ErrorData(socket=self.path, group=DEFAULT_GROUP)) from None
         except OSError as exc:
             self._sock.close()
-            if exc.errno in (errno.ENOTSOCK, errno.ENOTDIR):
-                raise HelperNotRunning(f"{self.path} is not a helper socket") from None
+            if exc.errno in (errno.ENOTSOCK, errno.ENOTDIR, errno.ECONNREFUSED):
+                raise BadReply(f"{self.path} is not a helper socket", where) from None
             raise
-        self._reader = self._sock.makefile("rb")
+        self._framer = wire.LineFramer()
+        self._lines: deque[bytes | wire.Oversize] = deque()
         self._ids = itertools.count(1)
-        self._pending_events: list[dict[str, Any]] = []
+        self._pending_events: deque[Event] = deque()
 
     def close(self) -> None:
-        self._reader.close()
         self._sock.close()
 
     def __enter__(self) -> HelperClient:
@@ -105,55 +70,62 @@ class HelperClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _read_message(self) -> dict[str, Any]:
-        try:
-            line = self._reader.readline(schema.MAX_LINE_BYTES + 1)
-        except (ConnectionResetError, BrokenPipeError):
-            line = b""
-        if not line:
-            raise HelperNotRunning("the helper closed the connection (was it stopped or "
-                                   "restarted?)")
-        if not line.endswith(b"\n"):
-            raise ProtocolError(f"a line longer than {schema.MAX_LINE_BYTES} bytes",
-                                {"socket": self.path})
-        try:
-            message = msgspec.json.decode(line)
-        except msgspec.DecodeError:
-            raise ProtocolError(f"not JSON: {line[:80]!r}", {"socket": self.path}) from None
-        if not isinstance(message, dict):
-            raise ProtocolError(f"not a JSON object: {line[:80]!r}", {"socket": self.path})
-        return message
+    def _lost(self) -> ConnectionLost:
+        return ConnectionLost("the helper closed the connection (was it stopped or restarted?)",
+                              ErrorData(socket=self.path))
+
+    def _next(self) -> wire.Incoming:
+        while not self._lines:
+            try:
+                chunk = self._sock.recv(65536)
+            except TimeoutError:
+                raise TimedOut("the helper did not answer in time",
+                               ErrorData(socket=self.path)) from None
+            except (ConnectionResetError, BrokenPipeError):
+                chunk = b""
+            if not chunk:
+                raise self._lost()
+            self._lines.extend(self._framer.feed(chunk))
+        line = self._lines.popleft()
+        if isinstance(line, wire.Oversize):
+            raise BadReply(f"a line longer than {self._framer.limit} bytes",
+                           ErrorData(socket=self.path))
+        return wire.decode_incoming(line)
 
     def call(self, method: str, **params: Any) -> Any:
+        """Call `method` and return its result record (schema.METHODS); a helper error raises
+        its ControlError subclass."""
         request_id = next(self._ids)
-        request = {"jsonrpc": "2.0", "id": request_id, "method": method}
-        if params:
-            request["params"] = params
         try:
-            self._sock.sendall(_encoder.encode(request) + b"\n")
+            self._sock.sendall(wire.encode_request(request_id, method, params or None))
         except (ConnectionResetError, BrokenPipeError):
-            raise HelperNotRunning("the helper closed the connection (was it stopped or "
-                                   "restarted?)") from None
+            raise self._lost() from None
         while True:
-            message = self._read_message()
-            if message.get("id") != request_id:
-                if message.get("method") == "event":
-                    self._pending_events.append(message.get("params") or {})
-                continue
-            if "error" in message:
-                error = message["error"]
-                cls = _BY_CODE.get(error.get("code"), HelperError)
-                exc = cls(error.get("message", "error"), error.get("data"))
-                exc.code = error.get("code", 0)
-                raise exc
-            return message.get("result")
+            incoming = self._next()
+            if isinstance(incoming, wire.Dropped):
+                if incoming.reason is wire.Malformed.UNKNOWN_EVENT:
+                    continue
+                raise BadReply(f"the helper sent something that is not the control API "
+                               f"({incoming.reason}: {incoming.detail})",
+                               ErrorData(socket=self.path))
+            if isinstance(incoming, wire.Reply):
+                if incoming.id != request_id:
+                    continue
+                if incoming.error is not None:
+                    raise incoming.error
+                return wire.decode_result(method, incoming.result)
+            self._pending_events.append(incoming)
 
-    def events(self) -> Iterator[dict[str, Any]]:
+    def events(self) -> Iterator[Event]:
         """After `call("subscribe")`: every event as it arrives (blocks)."""
         while self._pending_events:
-            yield self._pending_events.pop(0)
+            yield self._pending_events.popleft()
         self._sock.settimeout(None)
         while True:
-            message = self._read_message()
-            if message.get("method") == "event":
-                yield message.get("params") or {}
+            incoming = self._next()
+            if isinstance(incoming, wire.Reply | wire.Dropped):
+                continue  # nothing is waiting for a reply; a newer helper's event is skipped
+            yield incoming
+
+
+__all__ = ["ControlError", "HelperClient", "HelperNotRunning", "socket_path"]

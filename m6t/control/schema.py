@@ -1,4 +1,7 @@
-"""Typed records of the control API (msgspec) and their validation.
+"""The control API's records (msgspec): every request's params, every result, every event,
+the profile and its validation, and the table of methods. The helper publishes these records;
+the CLI and the desktop app decode into them; docs/control-api.md describes them (a test keeps
+the two in step).
 
 msgspec decodes a line straight into these records and names the offending path on error
 ("Expected `int`, got `str` - at `$.params.profile.mtu`"); `validate_profile` then checks
@@ -7,8 +10,10 @@ what types cannot say (ranges, address families, the /80), naming the field.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import re
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
@@ -16,10 +21,11 @@ import msgspec
 from m6t.protocol.addressing import AddressingError, TunnelPrefix
 from m6t.protocol.constants import (
     DEFAULT_TUNNEL_MTU,
-    ENCAPSULATION_OVERHEAD,
     IPV6_MINIMUM_MTU,
     KEEPALIVE_INTERVAL,
+    MAXIMUM_TUNNEL_MTU,
 )
+from m6t.protocol.session import AddressReason, Cause, MtuReason, TunnelState
 
 API_VERSION = 1
 MAX_LINE_BYTES = 64 * 1024
@@ -27,7 +33,8 @@ MAX_PORTS = 16
 MAX_ROUTES = 64
 DEFAULT_SOCKET = "/run/m6t/helper.sock"
 
-TunnelState = Literal["disconnected", "connecting", "connected", "waiting", "error"]
+__all__ = ["AddressReason", "Cause", "MtuReason", "TunnelState"]  # the core's, re-exported
+
 Routes = Literal["home-agent", "default"] | list[str]
 
 
@@ -120,10 +127,9 @@ def check_mtu(mtu: int | str) -> None:
         return
     if isinstance(mtu, bool) or not isinstance(mtu, int):
         raise ProfileError("mtu", "a number of bytes or \"auto\"")
-    highest = 65535 - ENCAPSULATION_OVERHEAD
-    if not IPV6_MINIMUM_MTU <= mtu <= highest:
-        raise ProfileError("mtu", f"{mtu} is outside {IPV6_MINIMUM_MTU}-{highest} (IPv6 needs "
-                                  f"at least {IPV6_MINIMUM_MTU})")
+    if not IPV6_MINIMUM_MTU <= mtu <= MAXIMUM_TUNNEL_MTU:
+        raise ProfileError("mtu", f"{mtu} is outside {IPV6_MINIMUM_MTU}-{MAXIMUM_TUNNEL_MTU} "
+                                  f"(IPv6 needs at least {IPV6_MINIMUM_MTU})")
 
 
 def check_keepalive(keepalive: float) -> None:
@@ -179,13 +185,18 @@ def profile_from_dict(data: Any) -> Profile:
     return validate_profile(profile)
 
 
-# --- status and events ---
+# --- status ---
+
+
+class Access(enum.StrEnum):
+    READ_WRITE = "read-write"
+    READ_ONLY = "read-only"
 
 
 class AddressChange(msgspec.Struct, kw_only=True):
     address: str
     previous: str | None
-    reason: str  # connect, network_changed, nat_mapping_changed, user_request, ...
+    reason: AddressReason
     at: float  # Unix time
 
 
@@ -208,7 +219,7 @@ class TunnelStatus(msgspec.Struct, kw_only=True):
     name: str  # interface: m6t0, m6t1, ...
     profile: str
     state: TunnelState
-    cause: str
+    cause: Cause
     address: str | None
     prefix: str
     suffix: str | None  # the 48 random bits, as the address's last three groups
@@ -226,22 +237,129 @@ class TunnelStatus(msgspec.Struct, kw_only=True):
     since: float = 0.0  # Unix time of the last state change
     history: list[AddressChange] = []
     ports: list[PortProbe] = []  # what the last race saw of each port
+    message: str | None = None  # with state "error": what failed
 
 
-class Request(msgspec.Struct, forbid_unknown_fields=True):
-    jsonrpc: Literal["2.0"]
-    method: str
-    id: int | str | None = None
-    params: dict[str, Any] | list[Any] | None = None
+# --- params (every method's, decoded strictly: an unknown field is an error) ---
 
 
-# JSON-RPC 2.0 error codes, and ours (-32000 to -32099 are the server's to define).
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-PERMISSION_DENIED = -32001
-NOT_FOUND = -32002
-CONFLICT = -32003
-UNAVAILABLE = -32004
+class NoParams(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class ConnectParams(msgspec.Struct, forbid_unknown_fields=True):
+    profile: Profile
+
+
+class ProbeParams(msgspec.Struct, forbid_unknown_fields=True):
+    profile: Profile
+    timeout: float = 3.0
+
+
+class NameParams(msgspec.Struct, forbid_unknown_fields=True):
+    profile: str
+
+
+class OptionalNameParams(msgspec.Struct, forbid_unknown_fields=True):
+    profile: str | None = None
+
+
+class SetMtuParams(msgspec.Struct, forbid_unknown_fields=True):
+    profile: str
+    mtu: int | Literal["auto"]
+
+
+# --- results ---
+
+
+class VersionResult(msgspec.Struct, kw_only=True):
+    version: str
+    api: int
+
+
+class StatusResult(msgspec.Struct, kw_only=True):
+    tunnels: list[TunnelStatus]
+    access: Access
+
+
+class DisconnectResult(msgspec.Struct, kw_only=True):
+    disconnected: list[str]
+
+
+class ProbeResult(msgspec.Struct, kw_only=True):
+    gateway_address: str
+    ports: list[PortProbe]
+
+
+# --- events (after `subscribe`; docs/control-api.md, "Events") ---
+
+
+class TunnelEvent(msgspec.Struct, tag_field="type", kw_only=True):
+    """What every event carries: its `type` (the tag) and the tunnel and profile it is about.
+    Each subclass repeats kw_only=True: msgspec applies it to a class's own fields only."""
+
+    tunnel: str
+    profile: str
+
+
+class StateEvent(TunnelEvent, tag="state", kw_only=True):
+    state: TunnelState
+    cause: Cause
+    status: TunnelStatus
+    message: str | None = None  # with state "error": what failed
+
+
+class AddressEvent(TunnelEvent, tag="address", kw_only=True):
+    address: str
+    previous: str | None
+    reason: AddressReason
+    at: float
+
+
+class MtuEvent(TunnelEvent, tag="mtu", kw_only=True):
+    mtu: int
+    previous: int | None = None
+    reason: MtuReason
+
+
+class TrafficEvent(TunnelEvent, tag="traffic", kw_only=True):
+    rx_bytes: int
+    tx_bytes: int
+    rx_packets: int
+    tx_packets: int
+    rx_rate: float
+    tx_rate: float
+    rtt_ms: float | None = None
+
+
+class RemovedEvent(TunnelEvent, tag="removed", kw_only=True):
+    pass
+
+
+Event = StateEvent | AddressEvent | MtuEvent | TrafficEvent | RemovedEvent
+EVENT_TYPES: dict[str, type[TunnelEvent]] = {
+    "state": StateEvent, "address": AddressEvent, "mtu": MtuEvent, "traffic": TrafficEvent,
+    "removed": RemovedEvent}
+
+
+# --- the methods ---
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    params: type[msgspec.Struct]
+    result: Any  # a msgspec-convertible type
+    writes: bool  # needs root or the helper's group
+
+
+METHODS: dict[str, MethodSpec] = {
+    "version": MethodSpec(NoParams, VersionResult, writes=False),
+    "status": MethodSpec(NoParams, StatusResult, writes=False),
+    "subscribe": MethodSpec(NoParams, StatusResult, writes=False),
+    "connect": MethodSpec(ConnectParams, TunnelStatus, writes=True),
+    "disconnect": MethodSpec(OptionalNameParams, DisconnectResult, writes=True),
+    "probe": MethodSpec(ProbeParams, ProbeResult, writes=True),
+    "probe_mtu": MethodSpec(NameParams, MtuReport, writes=True),
+    "set_mtu": MethodSpec(SetMtuParams, TunnelStatus, writes=True),
+    "regenerate": MethodSpec(NameParams, TunnelStatus, writes=True),
+}

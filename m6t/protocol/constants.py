@@ -19,6 +19,8 @@ DEFAULT_TUNNEL_MTU: Final = 1472
 IPV6_MINIMUM_MTU: Final = 1280
 # IPv4 header (20) + UDP header (8): what the encapsulation adds on the IPv4 path.
 ENCAPSULATION_OVERHEAD: Final = 28
+# The largest IPv6 packet one UDP/IPv4 datagram can carry.
+MAXIMUM_TUNNEL_MTU: Final = 65535 - ENCAPSULATION_OVERHEAD
 
 # "MN's CoA on the tunnel interface": /48 ULA prefix + 16-bit subnet ID + 16-bit MN ID, then
 # 48 random bits chosen "each time it changes its point of attachment".
