@@ -73,6 +73,14 @@ def ula_prefix(global_id: int) -> ipaddress.IPv6Network:
     return ipaddress.IPv6Network((value, ULA_PREFIX_LENGTH))
 
 
+def generate_site_prefix(unix_time: float, mac: bytes | None) -> ipaddress.IPv6Network:
+    """A fresh RFC 4193 /48 (section 3.2.2): SHA-1 of the NTP time and the EUI-64 of `mac`,
+    or of 64 random bits where the machine has no MAC address (RFC 4193 allows any suitably
+    unique identifier). The one generator: the CLI and the desktop app both call it."""
+    eui64 = eui64_from_mac(mac) if mac is not None else secrets.token_bytes(8)
+    return ula_prefix(rfc4193_global_id(ntp_timestamp(unix_time), eui64))
+
+
 def _check_unicast(network: ipaddress.IPv6Network, what: str) -> None:
     first = network.network_address
     if first.is_multicast or first.is_link_local or first.is_loopback or first.is_unspecified:
