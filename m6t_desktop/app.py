@@ -18,10 +18,10 @@ from PySide6.QtCore import QObject, QSettings, QTimer
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon, QWidget
 
 from m6t_desktop import autostart
+from m6t_desktop.app_state import AppState
 from m6t_desktop.client import HelperConnection
 from m6t_desktop.controller import Controller
 from m6t_desktop.icons import app_icon, resource_path, state_icon
-from m6t_desktop.models import AppState
 from m6t_desktop.notifications import DBusNotifications, Notifier
 from m6t_desktop.profiles_store import ProfilesStore
 from m6t_desktop.tray import TrayIcon

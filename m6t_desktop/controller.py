@@ -1,20 +1,28 @@
 """What the user can ask for (connect, switch, disconnect, new address, test the network),
-turned into calls to the helper; the answers go into AppState. Widgets call these methods and
-never see the connection."""
+turned into calls to the helper; the answers (the methods' result records, or a ControlError)
+go into AppState. Widgets call these methods and never see the connection."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-import msgspec
 from PySide6.QtCore import QObject, Signal
 
-from m6t.control.schema import MtuReport, PortProbe, Profile, TunnelStatus
+from m6t.control.errors import ControlError, PermissionDenied
+from m6t.control.schema import (
+    DisconnectResult,
+    MtuReport,
+    ProbeResult,
+    Profile,
+    StatusResult,
+    TunnelState,
+    TunnelStatus,
+)
 from m6t.profiles import profile_to_dict
-from m6t_desktop.client import CallError, HelperConnection, Reply, StatusResult
-from m6t_desktop.models import AppState, ReportCard
+from m6t_desktop.app_state import AppState
+from m6t_desktop.client import HelperConnection, Reply
 from m6t_desktop.profiles_store import ProfilesStore
+from m6t_desktop.report_card import ReportCard
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +77,18 @@ class Controller(QObject):
     def connect_profile(self, name: str) -> None:
         """Connect `name`; if another tunnel is up, switch (disconnect it first)."""
         profile = self.profiles.book.get(name)
-        if profile is None:
-            self.state.action_failed(f"Connect {name}", CallError(
-                0, "no such profile in the profiles file"))
+        if profile is None:  # refused here: the helper was never asked
+            self.state.report_failure(f"Connect {name}", "no such profile in the profiles file")
             return
         others = [other for other, status in self.state.tunnels.items()
-                  if other != name and status.state != "disconnected"]
+                  if other != name and status.state != TunnelState.DISCONNECTED]
         self.state.wanted = name
         self.state.current = name if name in self.state.tunnels else self.state.current
         if others:
             self.state.set_busy(f"Switching to {name}…")
             reply = self.connection.call("disconnect", {"profile": others[0]})
 
-            def then_connect(result: Any) -> None:
+            def then_connect(result: DisconnectResult) -> None:
                 self._disconnected(result)
                 self.connect_profile(name)
 
@@ -104,19 +111,17 @@ class Controller(QObject):
         self.state.set_busy(f"Disconnecting {name}…")
         reply = self.connection.call("disconnect", {"profile": name})
 
-        def done(result: Any) -> None:
+        def done(result: DisconnectResult) -> None:
             self._disconnected(result)
             self.state.set_busy(None)
 
         reply.succeeded.connect(done)
         reply.failed.connect(lambda error: self.state.action_failed(f"Disconnect {name}", error))
 
-    def _disconnected(self, result: Any) -> None:
+    def _disconnected(self, result: DisconnectResult) -> None:
         """The helper's answer is authoritative: the named tunnels are gone (its events may
         come later, or never to a client that is not subscribed yet)."""
-        names = result.get("disconnected") if isinstance(result, dict) else None
-        if isinstance(names, list):
-            self.state.forget([name for name in names if isinstance(name, str)])
+        self.state.forget(result.disconnected)
 
     def regenerate(self) -> None:
         """New address now: a fresh random 48-bit suffix on the same /80."""
@@ -128,12 +133,8 @@ class Controller(QObject):
         self._expect_status(reply, f"New address for {name}")
 
     def _expect_status(self, reply: Reply, what: str) -> None:
-        def done(result: Any) -> None:
-            try:
-                status = msgspec.convert(result, TunnelStatus)
-            except msgspec.ValidationError as exc:
-                self.state.action_failed(what, CallError(0, f"unreadable answer ({exc})"))
-                return
+        """A call answered by a TunnelStatus (an answer that is not one fails as BadReply)."""
+        def done(status: TunnelStatus) -> None:
             self.state.busy = None
             self.state.apply_status(status)
 
@@ -168,7 +169,8 @@ class Controller(QObject):
             self.pending_connect = name
 
     def _connect_unless_up(self, name: str) -> None:
-        if name in self.state.tunnels and self.state.tunnels[name].state != "disconnected":
+        if name in self.state.tunnels \
+                and self.state.tunnels[name].state != TunnelState.DISCONNECTED:
             self.state.wanted = name
             self.state.current = name
             self.state.log(f"{name} is already up in the helper")
@@ -209,7 +211,7 @@ class Controller(QObject):
         self.state.report.set_testing(True)
         outstanding: list[str] = ["probe"]
         connected = self.state.tunnels.get(profile.name)
-        if connected is not None and connected.state == "connected":
+        if connected is not None and connected.state == TunnelState.CONNECTED:
             outstanding.append("probe_mtu")
         else:
             card.mtu_note = "connect to measure the MTU and fragments"
@@ -220,28 +222,22 @@ class Controller(QObject):
                 self.state.report.set_testing(False)
                 self.state.report_tested(card)
 
-        def probed(result: Any) -> None:
-            try:
-                card.ports = msgspec.convert(result.get("ports"), list[PortProbe])
-                card.gateway_address = result.get("gateway_address")
-            except (msgspec.ValidationError, AttributeError) as exc:
-                card.error = f"unreadable probe result ({exc})"
+        def probed(result: ProbeResult) -> None:
+            card.ports = result.ports
+            card.gateway_address = result.gateway_address
             finish("probe")
 
-        def probe_failed(error: CallError) -> None:
+        def probe_failed(error: ControlError) -> None:
             card.error = f"test failed: {error.message}"
-            if error.permission_denied:
+            if isinstance(error, PermissionDenied):
                 self.state.action_failed("Test now", error)
             finish("probe")
 
-        def measured(result: Any) -> None:
-            try:
-                card.mtu = msgspec.convert(result, MtuReport)
-            except msgspec.ValidationError as exc:
-                card.mtu_note = f"unreadable MTU result ({exc})"
+        def measured(report: MtuReport) -> None:
+            card.mtu = report
             finish("probe_mtu")
 
-        def mtu_failed(error: CallError) -> None:
+        def mtu_failed(error: ControlError) -> None:
             card.mtu_note = f"MTU test failed: {error.message}"
             finish("probe_mtu")
 

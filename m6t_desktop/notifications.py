@@ -17,7 +17,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from m6t_desktop.models import Notice
+from m6t_desktop.app_state import Notice
 from m6t_desktop.wording import DisplayState
 
 log = logging.getLogger(__name__)

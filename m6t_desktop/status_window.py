@@ -28,13 +28,21 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from m6t_desktop.app_state import AppState
 from m6t_desktop.client import Link
 from m6t_desktop.controller import Controller
 from m6t_desktop.icons import app_icon, state_icon
-from m6t_desktop.models import AppState, clock_text, date_clock_text
 from m6t_desktop.profiles_store import ProfilesStore
 from m6t_desktop.traffic_graph import TrafficGraph
-from m6t_desktop.wording import NO_VALUE, DisplayState, bytes_text, rtt_text, split_address
+from m6t_desktop.wording import (
+    NO_VALUE,
+    DisplayState,
+    bytes_text,
+    clock_text,
+    date_clock_text,
+    rtt_text,
+    split_address,
+)
 
 SUFFIX_COLOUR = "#B3541E"
 BANNER_COLOURS = {"error": ("#FDECEA", "#8C1D18"), "warning": ("#FFF4D6", "#6B4E00"),

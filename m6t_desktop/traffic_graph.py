@@ -12,7 +12,7 @@ from PySide6.QtCore import QPointF, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QPainter, QPainterPath, QPaintEvent, QPalette, QPen
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
-from m6t_desktop.models import TrafficHistory
+from m6t_desktop.traffic_history import TrafficHistory
 from m6t_desktop.wording import rate_text
 
 

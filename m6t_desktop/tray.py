@@ -13,10 +13,10 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QGuiApplication, QIcon
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
+from m6t_desktop.app_state import AppState
 from m6t_desktop.client import Link
 from m6t_desktop.controller import Controller
 from m6t_desktop.icons import state_icon
-from m6t_desktop.models import AppState
 from m6t_desktop.profiles_store import ProfilesStore
 from m6t_desktop.wording import DisplayState
 

@@ -5,13 +5,25 @@ between the tray, the status window and the notifications."""
 from __future__ import annotations
 
 import ipaddress
+import time
 from enum import StrEnum
 
-from m6t.control.schema import PortProbe, TunnelStatus
+from m6t.control.schema import (
+    AddressReason,
+    Cause,
+    MtuReason,
+    PortProbe,
+    TunnelState,
+    TunnelStatus,
+)
 
 NO_VALUE = "\N{EN DASH}"  # an empty value in a table or label
 HELPER_START_HINT = "sudo systemctl start m6t-helper (or run: sudo m6t-helper)"
-JOIN_GROUP_HINT = "sudo usermod -aG m6t $USER, then log out and back in"
+DEFAULT_GROUP = "m6t"  # the helper's group, until the helper names its own
+
+
+def join_group_hint(group: str = DEFAULT_GROUP) -> str:
+    return f"sudo usermod -aG {group} $USER, then log out and back in"
 
 
 class DisplayState(StrEnum):
@@ -24,12 +36,12 @@ class DisplayState(StrEnum):
     ERROR = "error"  # needs the user
 
 
-HELPER_STATE_LABELS = {
-    "disconnected": "Disconnected",
-    "connecting": "Connecting",
-    "connected": "Connected",
-    "waiting": "Waiting",
-    "error": "Error",
+HELPER_STATE_LABELS: dict[TunnelState, str] = {
+    TunnelState.DISCONNECTED: "Disconnected",
+    TunnelState.CONNECTING: "Connecting",
+    TunnelState.CONNECTED: "Connected",
+    TunnelState.WAITING: "Waiting",
+    TunnelState.ERROR: "Error",
 }
 
 
@@ -45,64 +57,71 @@ def blocked_ports(status: TunnelStatus) -> list[int]:
 
 
 def cause_text(status: TunnelStatus, message: str | None = None) -> str:
-    """The cause of the current state, in plain words ("UDP port 3544 blocked, using 4500")."""
+    """The cause of the current state, in plain words ("UDP port 3544 blocked, using 4500"):
+    with what the status says (ports, gateway) where it helps, else the cause's own words."""
     state, cause = status.state, status.cause
-    if state == "connected":
-        if cause == "port_fallback":
+    if state == TunnelState.CONNECTED:
+        if cause == Cause.PORT_FALLBACK:
             blocked = blocked_ports(status)
             if blocked and status.port is not None:
                 verb = "is" if len(blocked) == 1 else "are"
                 return f"{ports_text(blocked)} {verb} blocked here, using {status.port}"
             return f"an earlier port did not answer, using {status.port}"
-        if cause == "port_race_won":
-            return f"UDP port {status.port} answered first" if status.port else "connected"
-        if cause == "address_regenerated":
+        if cause == Cause.PORT_RACE_WON and status.port:
+            return f"UDP port {status.port} answered first"
+        if cause == Cause.USER_REQUEST:  # connected again after `regenerate`
             return "new address, as you asked"
-    if state == "waiting":
-        if cause == "no_ipv4_network":
-            return "no IPv4 network; it comes back by itself when there is one"
-        if cause == "gateway_unreachable":
-            tried = [probe.port for probe in status.ports] or []
+    if state == TunnelState.WAITING:
+        if cause == Cause.GATEWAY_UNREACHABLE:
+            tried = [probe.port for probe in status.ports]
             where = f" on {ports_text(tried)}" if tried else ""
             return f"the gateway {status.gateway} does not answer{where}; retrying"
-        if cause == "resolve_failed":
+        if cause == Cause.RESOLVE_FAILED:
             return f"the gateway name {status.gateway} does not resolve; retrying"
-    if state == "error" and cause == "setup_failed":
-        return "setting up the tunnel failed" + (f": {message}" if message else "")
-    return _CAUSES.get(cause, cause.replace("_", " "))
+    if state == TunnelState.ERROR and cause == Cause.SETUP_FAILED and message:
+        return f"{CAUSE_WORDS[cause]}: {message}"
+    return CAUSE_WORDS[cause]
 
 
-_CAUSES = {
-    "user_request": "as you asked",
-    "network_changed": "network changed, new address",
-    "nat_mapping_changed": "NAT mapping changed, new address",
-    "regenerate": "new address requested",
-    "resume": "resumed from sleep, new address",
-    "retrying": "retrying",
-    "helper_stopping": "the helper stopped",
+# Every member has words (tests/desktop/test_wording.py): a cause the app cannot name would
+# otherwise show as its wire name.
+CAUSE_WORDS: dict[Cause, str] = {
+    Cause.USER_REQUEST: "as you asked",
+    Cause.NETWORK_CHANGED: "network changed, new address",
+    Cause.NAT_MAPPING_CHANGED: "NAT mapping changed, new address",
+    Cause.RESUME: "resumed from sleep, new address",
+    Cause.RETRYING: "retrying",
+    Cause.PORT_RACE_WON: "connected",
+    Cause.PORT_FALLBACK: "the first port did not answer, using another",
+    Cause.NO_IPV4_NETWORK: "no IPv4 network; it comes back by itself when there is one",
+    Cause.GATEWAY_UNREACHABLE: "the gateway does not answer; retrying",
+    Cause.RESOLVE_FAILED: "the gateway name does not resolve; retrying",
+    Cause.SETUP_FAILED: "setting up the tunnel failed",
+    Cause.HELPER_STOPPING: "the helper stopped",
 }
 
-_ADDRESS_REASONS = {
-    "connect": "connected",
-    "network_changed": "network changed",
-    "nat_mapping_changed": "NAT mapping changed",
-    "user_request": "new address requested",
-    "resume": "resumed from sleep",
+ADDRESS_REASON_WORDS: dict[AddressReason, str] = {
+    AddressReason.CONNECT: "connected",
+    AddressReason.NETWORK_CHANGED: "network changed",
+    AddressReason.NAT_MAPPING_CHANGED: "NAT mapping changed",
+    AddressReason.USER_REQUEST: "new address requested",
+    AddressReason.RESUME: "resumed from sleep",
 }
 
-_MTU_REASONS = {
-    "fragmentation_needed": "a router on the path asked for smaller packets",
-    "user_request": "as you asked",
-    "auto": "measured on this network",
+MTU_REASON_WORDS: dict[MtuReason, str] = {
+    MtuReason.FRAGMENTATION_NEEDED: "a router on the path asked for smaller packets",
+    MtuReason.USER_REQUEST: "as you asked",
+    MtuReason.AUTO: "measured on this network",
+    MtuReason.NETWORK_CHANGED: "network changed",
 }
 
 
-def address_reason_text(reason: str) -> str:
-    return _ADDRESS_REASONS.get(reason, reason.replace("_", " "))
+def address_reason_text(reason: AddressReason) -> str:
+    return ADDRESS_REASON_WORDS[reason]
 
 
-def mtu_reason_text(reason: str) -> str:
-    return _MTU_REASONS.get(reason, reason.replace("_", " "))
+def mtu_reason_text(reason: MtuReason) -> str:
+    return MTU_REASON_WORDS[reason]
 
 
 def split_address(address: str, prefix: str) -> tuple[str, str]:
@@ -148,3 +167,14 @@ def port_probe_text(probe: PortProbe) -> str:
     if probe.reachable:
         return f"reachable, {rtt_text(probe.rtt_ms)}"
     return "blocked" + (f" ({probe.error})" if probe.error else "")
+
+
+def clock_text(at: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(at))
+
+
+def date_clock_text(at: float) -> str:
+    """The time alone for today, the date too for older entries."""
+    if time.localtime(at)[:3] == time.localtime()[:3]:
+        return clock_text(at)
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(at))

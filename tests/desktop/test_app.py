@@ -141,8 +141,9 @@ def test_disconnect_from_the_menu(qtbot: QtBot, helper: FakeHelper,
 
 def test_new_address_now(qtbot: QtBot, helper: FakeHelper, make_app: AppFactory) -> None:
     helper.tunnels["office"] = status_for(OFFICE)
+    # connected again, its cause the reason of the new address (as the helper says it)
     fresh = dict(status_for(OFFICE), address="fd6d:6d74:1:1:1:1234:5678:9abc",
-                 suffix="1234:5678:9abc", cause="address_regenerated")
+                 suffix="1234:5678:9abc", cause="user_request")
     helper.handlers["regenerate"] = lambda params: fresh
     app = online(qtbot, make_app())
     menu_action(app, "New address now").trigger()
@@ -151,6 +152,7 @@ def test_new_address_now(qtbot: QtBot, helper: FakeHelper, make_app: AppFactory)
     assert ("regenerate", {"profile": "office"}) in helper.calls
     window = app.status_window()
     assert "1234:5678:9abc" in window.address_label.text()
+    assert window.cause.text() == "new address, as you asked"
 
 
 # --- the status window ---

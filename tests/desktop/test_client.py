@@ -13,18 +13,18 @@ import pytest
 from pytestqt.qtbot import QtBot
 
 from m6t.control import schema
-from m6t.profiles import profile_to_dict
-from m6t_desktop.client import (
-    BAD_REPLY,
-    CONNECTION_LOST,
-    NOT_CONNECTED,
-    TIMED_OUT,
-    CallError,
-    HelperConnection,
-    Link,
-    StateEvent,
-    TrafficEvent,
+from m6t.control.errors import (
+    BadReply,
+    ConnectionLost,
+    ControlError,
+    ErrorCode,
+    HelperNotRunning,
+    PermissionDenied,
+    TimedOut,
 )
+from m6t.control.schema import StateEvent, TrafficEvent, TunnelStatus
+from m6t.profiles import profile_to_dict
+from m6t_desktop.client import HelperConnection, Link
 from tests.desktop.conftest import OFFICE
 from tests.fake_helper import FakeHelper, status_for
 
@@ -48,7 +48,7 @@ def go_online(qtbot: QtBot, conn: HelperConnection) -> tuple[object, bool]:
 
 
 def outcome(qtbot: QtBot, reply: object) -> tuple[str, object]:
-    """Wait for a Reply; ("ok", result) or ("error", CallError)."""
+    """Wait for a Reply; ("ok", result record) or ("error", ControlError)."""
     results: list[tuple[str, object]] = []
     reply.succeeded.connect(lambda result: results.append(("ok", result)))  # type: ignore[attr-defined]
     reply.failed.connect(lambda error: results.append(("error", error)))  # type: ignore[attr-defined]
@@ -89,17 +89,18 @@ def test_call_returns_the_helpers_result(qtbot: QtBot, helper: FakeHelper,
     kind, result = outcome(qtbot, connection.call("connect",
                                                   {"profile": profile_to_dict(OFFICE)}))
     assert kind == "ok"
-    assert result["state"] == "connected"  # type: ignore[index]
-    assert result["port"] == 3544  # type: ignore[index]
+    assert isinstance(result, TunnelStatus)  # decoded into the method's record
+    assert result.state == "connected"
+    assert result.port == 3544
     assert helper.calls[-1] == ("connect", {"profile": profile_to_dict(OFFICE)})
 
 
 @pytest.mark.parametrize(("method", "params", "code", "field"), [
-    ("disconnect", {"profile": "nowhere"}, schema.NOT_FOUND, None),
-    ("frobnicate", None, schema.METHOD_NOT_FOUND, None),
-    ("connect", {"profile": {**profile_to_dict(OFFICE), "ports": []}}, schema.INVALID_PARAMS,
+    ("disconnect", {"profile": "nowhere"}, ErrorCode.NOT_FOUND, None),
+    ("frobnicate", None, ErrorCode.METHOD_NOT_FOUND, None),
+    ("connect", {"profile": {**profile_to_dict(OFFICE), "ports": []}}, ErrorCode.INVALID_PARAMS,
      "profile.ports"),
-    ("connect", {"profile": {**profile_to_dict(OFFICE), "mtu": 900}}, schema.INVALID_PARAMS,
+    ("connect", {"profile": {**profile_to_dict(OFFICE), "mtu": 900}}, ErrorCode.INVALID_PARAMS,
      "profile.mtu"),
 ])
 def test_helper_errors_arrive_with_code_and_field(
@@ -108,9 +109,20 @@ def test_helper_errors_arrive_with_code_and_field(
     go_online(qtbot, connection)
     kind, error = outcome(qtbot, connection.call(method, params))
     assert kind == "error"
-    assert isinstance(error, CallError)
+    assert isinstance(error, ControlError)
     assert error.code == code
     assert error.field == field
+
+
+def test_a_result_that_does_not_fit_its_record_fails_the_call(
+        qtbot: QtBot, helper: FakeHelper, connection: HelperConnection) -> None:
+    helper.handlers["regenerate"] = lambda _params: {"state": "exploded"}
+    go_online(qtbot, connection)
+    kind, error = outcome(qtbot, connection.call("regenerate", {"profile": "office"}))
+    assert kind == "error"
+    assert isinstance(error, BadReply)
+    assert "'regenerate'" in error.message
+    assert connection.link is Link.ONLINE  # one bad answer does not break the link
 
 
 def test_read_only_caller_gets_permission_denied(qtbot: QtBot, socket_path: Path,
@@ -121,7 +133,7 @@ def test_read_only_caller_gets_permission_denied(qtbot: QtBot, socket_path: Path
         kind, error = outcome(qtbot, connection.call("connect",
                                                      {"profile": profile_to_dict(OFFICE)}))
     assert kind == "error"
-    assert error.permission_denied  # type: ignore[attr-defined]
+    assert isinstance(error, PermissionDenied)
     assert "join group m6t" in error.message  # type: ignore[attr-defined]
 
 
@@ -150,7 +162,8 @@ def test_call_before_the_helper_answers_fails_later_not_inside_call(
     assert not reply.done  # failing inside call() would be lost: nobody is connected yet
     kind, error = outcome(qtbot, reply)
     assert kind == "error"
-    assert error.code == NOT_CONNECTED  # type: ignore[attr-defined]
+    assert isinstance(error, HelperNotRunning)
+    assert error.code == ErrorCode.NOT_RUNNING
 
 
 def test_call_times_out(qtbot: QtBot, helper: FakeHelper,
@@ -161,7 +174,8 @@ def test_call_times_out(qtbot: QtBot, helper: FakeHelper,
                                                  timeout=0.1))
     release.set()
     assert kind == "error"
-    assert error.code == TIMED_OUT  # type: ignore[attr-defined]
+    assert isinstance(error, TimedOut)
+    assert error.code == ErrorCode.TIMED_OUT
 
 
 def test_helper_api_version_mismatch_is_reported(qtbot: QtBot, helper: FakeHelper,
@@ -221,7 +235,8 @@ def test_helper_going_away_and_coming_back(qtbot: QtBot, socket_path: Path,
     kind, error = outcome(qtbot, in_flight)
     release.set()
     assert kind == "error"
-    assert error.code == CONNECTION_LOST  # type: ignore[attr-defined]
+    assert isinstance(error, ConnectionLost)
+    assert error.code == ErrorCode.CONNECTION_LOST
     qtbot.waitUntil(lambda: Link.LOST in lost)
 
     with FakeHelper(socket_path) as again:
@@ -351,7 +366,8 @@ def test_malformed_error_object_fails_the_waiting_call(
     helper.send_raw(b'{"jsonrpc": "2.0", "id": %d, "error": "boom"}\n' % request_id)
     kind, error = outcome(qtbot, reply)
     assert kind == "error"
-    assert error.code == BAD_REPLY  # type: ignore[attr-defined]
+    assert isinstance(error, BadReply)
+    assert error.code == ErrorCode.BAD_REPLY
     assert connection.malformed_counts["bad_error"] == 1
     release.set()  # the real answer now arrives for an id nobody waits for
     qtbot.waitUntil(lambda: connection.malformed_counts["unknown_id"] == 1)

@@ -10,18 +10,23 @@ import msgspec
 import pytest
 from pytestqt.qtbot import QtBot
 
-from m6t.control.schema import PortProbe, TunnelStatus
-from m6t_desktop.client import (
+from m6t.control.errors import ErrorData, InvalidParams, PermissionDenied, TimedOut
+from m6t.control.schema import (
     AddressEvent,
-    Link,
     MtuEvent,
+    PortProbe,
     RemovedEvent,
     StateEvent,
     StatusResult,
     TrafficEvent,
+    TunnelStatus,
 )
-from m6t_desktop.models import AppState, EventLogModel, ReportCard, TrafficHistory
+from m6t_desktop.app_state import AppState
+from m6t_desktop.client import Link
+from m6t_desktop.event_log import EventLogModel
 from m6t_desktop.network import NO_NETWORK, parse_default_route
+from m6t_desktop.report_card import ReportCard
+from m6t_desktop.traffic_history import TrafficHistory
 from m6t_desktop.wording import DisplayState, cause_text, rate_text, split_address
 from tests.desktop.conftest import HOME, OFFICE
 from tests.fake_helper import status_for
@@ -102,6 +107,7 @@ def test_display_state(app_state: AppState, link: Link, helper_state: str | None
     ("connected", "port_fallback", (3544,), 4500, None,
      "UDP port 3544 is blocked here, using 4500"),
     ("connected", "port_race_won", (), 3544, None, "UDP port 3544 answered first"),
+    ("connected", "user_request", (), 3544, None, "new address, as you asked"),
     ("connecting", "network_changed", (), None, None, "network changed, new address"),
     ("connecting", "nat_mapping_changed", (), None, None, "NAT mapping changed, new address"),
     ("waiting", "no_ipv4_network", (), None, None, "no IPv4 network"),
@@ -111,7 +117,6 @@ def test_display_state(app_state: AppState, link: Link, helper_state: str | None
     ("error", "setup_failed", (), None, "netlink: File exists",
      "setting up the tunnel failed: netlink: File exists"),
     ("disconnected", "helper_stopping", (), None, None, "the helper stopped"),
-    ("connecting", "some_future_cause", (), None, None, "some future cause"),
 ])
 def test_cause_in_plain_words(helper_state: str, cause: str, blocked: tuple[int, ...],
                               port: int | None, message: str | None, words: str) -> None:
@@ -166,6 +171,43 @@ def test_problem_says_what_to_do(app_state: AppState, link: Link, access: str | 
 
 def test_no_problem_when_online_and_allowed(app_state: AppState) -> None:
     assert app_state.problem() is None
+
+
+# --- what a failed action says ---
+
+
+def test_permission_denied_names_the_helpers_group_and_makes_the_app_read_only(
+        app_state: AppState) -> None:
+    app_state.action_failed("Connect office", PermissionDenied(
+        "permission denied: join group netadmin", ErrorData(group="netadmin")))
+    assert app_state.last_failure == ("Connect office: permission denied. Join the netadmin "
+                                      "group: sudo usermod -aG netadmin $USER, then log out "
+                                      "and back in")
+    assert app_state.read_only
+    problem = app_state.problem()
+    assert problem is not None and "usermod -aG netadmin" in problem.advice
+
+
+def test_permission_denied_without_a_group_says_m6t(app_state: AppState) -> None:
+    app_state.action_failed("Test now", PermissionDenied("permission denied"))
+    assert app_state.last_failure is not None
+    assert "Join the m6t group: sudo usermod -aG m6t $USER" in app_state.last_failure
+
+
+def test_refused_field_is_named(app_state: AppState) -> None:
+    app_state.set_busy("Connecting office…")
+    app_state.action_failed("Connect office", InvalidParams(
+        "mtu: 1200 is outside 1280-65507", ErrorData(field="profile.mtu")))
+    assert app_state.last_failure == ("Connect office: mtu: 1200 is outside 1280-65507 "
+                                      "(field profile.mtu: fix it in Profiles…)")
+    assert app_state.busy is None
+    assert not app_state.read_only
+    assert app_state.events.entries[-1].severity == "error"
+
+
+def test_other_failures_say_the_message(app_state: AppState) -> None:
+    app_state.action_failed("Disconnect office", TimedOut("the helper did not answer in time"))
+    assert app_state.last_failure == "Disconnect office: the helper did not answer in time"
 
 
 # --- feeding events ---

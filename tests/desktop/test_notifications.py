@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pytestqt.qtbot import QtBot
 
-from m6t_desktop.models import Notice
+from m6t_desktop.app_state import Notice
 from m6t_desktop.notifications import APP_NAME, DBusNotifications, Notifier
 from m6t_desktop.wording import DisplayState
 

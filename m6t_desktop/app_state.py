@@ -1,272 +1,59 @@
-"""The app's state, fed by the helper connection and read by every widget.
+"""The app's state, fed by the helper connection (through the Controller) and read by every
+widget.
 
 `AppState` is the one source of truth: the link to the helper, the tunnels the helper reports,
-which one is shown, what went wrong and what to do about it. Around it sit the Qt models that
-the status window renders: the event log, the address history, the traffic history and the
-per-network report card. No widget reads the socket; they render these.
+which one is shown, what went wrong and what to do about it. It owns the models the status
+window renders (the event log, the address history, the traffic history, the per-network
+report card). No widget reads the socket; they render these.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from PySide6.QtCore import (
-    QAbstractTableModel,
-    QModelIndex,
-    QObject,
-    QPersistentModelIndex,
-    Qt,
-    Signal,
-)
-from PySide6.QtGui import QColor
+from PySide6.QtCore import QObject, Signal
 
-from m6t.control.schema import AddressChange, MtuReport, PortProbe, TunnelStatus
-from m6t_desktop.client import (
+from m6t.control.errors import ControlError, PermissionDenied
+from m6t.control.schema import (
+    Access,
+    AddressChange,
     AddressEvent,
-    CallError,
+    AddressReason,
+    Cause,
     Event,
-    Link,
     MtuEvent,
     RemovedEvent,
     StateEvent,
     StatusResult,
     TrafficEvent,
+    TunnelState,
+    TunnelStatus,
 )
+from m6t_desktop.client import Link
+from m6t_desktop.event_log import EventLogModel
 from m6t_desktop.network import current_network
+from m6t_desktop.report_card import ReportCard, ReportCardModel
+from m6t_desktop.table_models import AddressHistoryModel
+from m6t_desktop.traffic_history import TrafficHistory
 from m6t_desktop.wording import (
+    DEFAULT_GROUP,
     HELPER_START_HINT,
     HELPER_STATE_LABELS,
-    JOIN_GROUP_HINT,
-    NO_VALUE,
     DisplayState,
     address_reason_text,
     blocked_ports,
     cause_text,
+    join_group_hint,
     mtu_reason_text,
-    port_probe_text,
     rtt_text,
 )
 
-_Index = QModelIndex | QPersistentModelIndex
-_ROOT = QModelIndex()
-
-
-def clock_text(at: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(at))
-
-
-def date_clock_text(at: float) -> str:
-    if time.localtime(at)[:3] == time.localtime()[:3]:
-        return clock_text(at)
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(at))
-
-
-# --- traffic ---
-
-
-class TrafficHistory:
-    """Rates of the last minutes (one sample a second from `traffic` events), bounded."""
-
-    def __init__(self, window: float = 300.0) -> None:
-        self.window = window
-        self.samples: deque[tuple[float, float, float]] = deque(maxlen=int(window * 2) + 8)
-
-    def add(self, at: float, rx_rate: float, tx_rate: float) -> None:
-        self.samples.append((at, max(rx_rate, 0.0), max(tx_rate, 0.0)))
-        while self.samples and self.samples[0][0] < at - self.window:
-            self.samples.popleft()
-
-    def peak(self) -> float:
-        return max((max(rx, tx) for _, rx, tx in self.samples), default=0.0)
-
-    def clear(self) -> None:
-        self.samples.clear()
-
-
-# --- event log ---
-
-_SEVERITY_COLOURS = {"error": "#B3261E", "warning": "#8A6100"}
-
-
-@dataclass(frozen=True)
-class LogEntry:
-    at: float
-    text: str
-    severity: str = "info"  # info, notice, warning, error
-
-
-class _HeaderedTable(QAbstractTableModel):
-    """A flat table whose column titles are its HEADERS."""
-
-    HEADERS: tuple[str, ...] = ()
-
-    def columnCount(self, parent: _Index = _ROOT) -> int:
-        return 0 if parent.isValid() else len(self.HEADERS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation,
-                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return self.HEADERS[section]
-        return None
-
-
-class EventLogModel(_HeaderedTable):
-    """What happened, newest last, bounded to `limit` entries."""
-
-    HEADERS = ("Time", "Event")
-
-    def __init__(self, limit: int = 500, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.limit = limit
-        self.entries: list[LogEntry] = []
-
-    def append(self, text: str, severity: str = "info", at: float | None = None) -> None:
-        if len(self.entries) >= self.limit:
-            drop = len(self.entries) - self.limit + 1
-            self.beginRemoveRows(_ROOT, 0, drop - 1)
-            del self.entries[:drop]
-            self.endRemoveRows()
-        row = len(self.entries)
-        self.beginInsertRows(_ROOT, row, row)
-        self.entries.append(LogEntry(time.time() if at is None else at, text, severity))
-        self.endInsertRows()
-
-    def rowCount(self, parent: _Index = _ROOT) -> int:
-        return 0 if parent.isValid() else len(self.entries)
-
-    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
-            return None
-        entry = self.entries[index.row()]
-        if role == Qt.ItemDataRole.DisplayRole:
-            return date_clock_text(entry.at) if index.column() == 0 else entry.text
-        if role == Qt.ItemDataRole.ToolTipRole:
-            return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.at))
-        if role == Qt.ItemDataRole.UserRole:
-            return entry.severity
-        if role == Qt.ItemDataRole.ForegroundRole and entry.severity in _SEVERITY_COLOURS:
-            return QColor(_SEVERITY_COLOURS[entry.severity])
-        return None
-
-
-# --- address history ---
-
-
-class AddressHistoryModel(_HeaderedTable):
-    """Addresses a tunnel had, newest first, with why and when they changed."""
-
-    HEADERS = ("Time", "Address", "Why")
-
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.changes: list[AddressChange] = []
-
-    def set_changes(self, changes: list[AddressChange]) -> None:
-        ordered = sorted(changes, key=lambda change: change.at, reverse=True)
-        if ordered == self.changes:
-            return
-        self.beginResetModel()
-        self.changes = ordered
-        self.endResetModel()
-
-    def rowCount(self, parent: _Index = _ROOT) -> int:
-        return 0 if parent.isValid() else len(self.changes)
-
-    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid():
-            return None
-        change = self.changes[index.row()]
-        if role == Qt.ItemDataRole.DisplayRole:
-            return (date_clock_text(change.at), change.address,
-                    address_reason_text(change.reason))[index.column()]
-        if role == Qt.ItemDataRole.ToolTipRole and index.column() == 1 and change.previous:
-            return f"before: {change.previous}"
-        return None
-
-
-# --- per-network report card ---
-
-
-@dataclass
-class ReportCard:
-    """What a network lets through, for one profile: each port, the usable MTU, fragments."""
-
-    network: str
-    profile: str
-    at: float
-    source: str  # "test" (Test now) or "connection" (what the last port race saw)
-    ports: list[PortProbe] = field(default_factory=list)
-    gateway_address: str | None = None
-    mtu: MtuReport | None = None
-    mtu_note: str | None = None  # why there is no MTU result
-    error: str | None = None  # why the test failed
-
-
-class ReportCardModel(_HeaderedTable):
-    """The card for the network the laptop is on now; cards of other networks are kept for
-    when it comes back to them. Rows are the profile's ports."""
-
-    HEADERS = ("Port", "Result", "RTT")
-    cardChanged = Signal()
-
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self.cards: dict[tuple[str, str], ReportCard] = {}
-        self.card: ReportCard | None = None
-        self.testing = False
-
-    def show_card(self, network: str, profile: str | None) -> None:
-        card = self.cards.get((network, profile)) if profile else None
-        if card is self.card:
-            return
-        self.beginResetModel()
-        self.card = card
-        self.endResetModel()
-        self.cardChanged.emit()
-
-    def put(self, card: ReportCard) -> None:
-        key = (card.network, card.profile)
-        old = self.cards.get(key)
-        if old is not None and card.source == "connection" and old.source == "test":
-            # Keep what Test now found (MTU, fragments); refresh the ports only.
-            old.ports, old.at = card.ports, card.at
-            card = old
-        self.cards[key] = card
-        self.beginResetModel()
-        self.card = card
-        self.endResetModel()
-        self.cardChanged.emit()
-
-    def set_testing(self, testing: bool) -> None:
-        self.testing = testing
-        self.cardChanged.emit()
-
-    def rowCount(self, parent: _Index = _ROOT) -> int:
-        return 0 if parent.isValid() or self.card is None else len(self.card.ports)
-
-    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid() or self.card is None:
-            return None
-        probe = self.card.ports[index.row()]
-        if role == Qt.ItemDataRole.DisplayRole:
-            if index.column() == 0:
-                return f"UDP {probe.port}"
-            if index.column() == 1:
-                return "reachable" if probe.reachable else port_probe_text(probe)
-            return rtt_text(probe.rtt_ms) if probe.reachable else NO_VALUE
-        if role == Qt.ItemDataRole.UserRole:
-            return probe.reachable
-        if role == Qt.ItemDataRole.ForegroundRole and index.column() == 1:
-            return QColor("#1E7B34" if probe.reachable else "#B3261E")
-        return None
-
-
-# --- the app's state ---
+# A new address for one of these reasons is the helper acting by itself: worth a notification.
+_ANNOUNCED_ADDRESS_REASONS = (AddressReason.NETWORK_CHANGED, AddressReason.NAT_MAPPING_CHANGED,
+                              AddressReason.RESUME)
 
 
 @dataclass(frozen=True)
@@ -287,6 +74,11 @@ class Notice:
     state: DisplayState
 
 
+# The tunnel states that read the same however the tunnel got there.
+_SHOWN_AS = {TunnelState.CONNECTING: DisplayState.CONNECTING,
+             TunnelState.WAITING: DisplayState.DEGRADED, TunnelState.ERROR: DisplayState.ERROR}
+
+
 class AppState(QObject):
     changed = Signal()  # what the tray, its menu and the status header show
     trafficAdded = Signal()  # a traffic sample (rates, counters, RTT) for the shown tunnel
@@ -297,7 +89,8 @@ class AppState(QObject):
                  clock: Callable[[], float] = time.time) -> None:
         super().__init__(parent)
         self.link = Link.CONNECTING
-        self.access: str | None = None
+        self.access: Access | None = None
+        self.group = DEFAULT_GROUP  # the group that may change things, once the helper names it
         self.tunnels: dict[str, TunnelStatus] = {}  # by profile name
         self.messages: dict[str, str] = {}  # last error message the helper gave, by profile
         self.current: str | None = None  # the tunnel shown (status window, tooltip)
@@ -312,7 +105,7 @@ class AppState(QObject):
         self.traffic: dict[str, TrafficHistory] = {}
         self.network_identity = network_identity
         self.clock = clock
-        self._connecting_cause: dict[str, str] = {}
+        self._connecting_cause: dict[str, Cause] = {}
 
     # --- derived ---
 
@@ -322,7 +115,7 @@ class AppState(QObject):
 
     @property
     def read_only(self) -> bool:
-        return self.link is Link.ONLINE and self.access == "read-only"
+        return self.link is Link.ONLINE and self.access == Access.READ_ONLY
 
     def history(self, profile: str | None = None) -> TrafficHistory:
         name = profile or self.current or ""
@@ -336,14 +129,13 @@ class AppState(QObject):
         if self.link in (Link.CONNECTING, Link.LOST):
             return DisplayState.CONNECTING
         status = self.status
-        if status is None or status.state == "disconnected":
+        if status is None or status.state == TunnelState.DISCONNECTED:
             if self.busy and self.busy.startswith("Connecting"):
                 return DisplayState.CONNECTING
             return DisplayState.DISCONNECTED
-        if status.state == "connected":
+        if status.state == TunnelState.CONNECTED:
             return DisplayState.DEGRADED if blocked_ports(status) else DisplayState.CONNECTED
-        return {"connecting": DisplayState.CONNECTING, "waiting": DisplayState.DEGRADED,
-                "error": DisplayState.ERROR}[status.state]
+        return _SHOWN_AS[status.state]
 
     def problem(self) -> Problem | None:
         if self.link is Link.NOT_RUNNING:
@@ -352,13 +144,14 @@ class AppState(QObject):
                            "as soon as it is up.")
         if self.link is Link.DENIED:
             return Problem("denied", "The helper does not let you in",
-                           f"Join the m6t group: {JOIN_GROUP_HINT}.")
+                           f"Join the {self.group} group: {join_group_hint(self.group)}.")
         if self.link is Link.LOST:
             return Problem("lost", "The helper stopped or is restarting",
                            "The app reconnects to it by itself; tunnels come back with it.")
         if self.read_only:
             return Problem("read_only", "You can watch the tunnel but not change it",
-                           f"To connect and disconnect, join the m6t group: {JOIN_GROUP_HINT}.")
+                           f"To connect and disconnect, join the {self.group} group: "
+                           f"{join_group_hint(self.group)}.")
         if self.api_mismatch is not None:
             return Problem("api", f"The helper speaks control API {self.api_mismatch}",
                            "This app speaks API 1: update m6t desktop and the helper together.")
@@ -371,12 +164,13 @@ class AppState(QObject):
         if self.link is not Link.ONLINE:
             problem = self.problem()
             return problem.title if problem else "Looking for the m6t helper…"
-        if status is None or status.state == "disconnected":
+        if status is None or status.state == TunnelState.DISCONNECTED:
             return self.busy or "Disconnected"
         label = HELPER_STATE_LABELS[status.state]
-        if state is DisplayState.DEGRADED and status.state == "connected":
+        if state is DisplayState.DEGRADED and status.state == TunnelState.CONNECTED:
             label = "Connected (degraded)"
-        preposition = "to" if status.state in ("connected", "connecting") else "for"
+        preposition = "to" if status.state in (TunnelState.CONNECTED, TunnelState.CONNECTING) \
+            else "for"
         return f"{label} {preposition} {status.profile}"
 
     def cause(self) -> str:
@@ -388,7 +182,7 @@ class AppState(QObject):
     def tooltip(self) -> str:
         lines = [f"m6t: {self.headline()}"]
         status = self.status
-        if status is not None and status.state != "disconnected":
+        if status is not None and status.state != TunnelState.DISCONNECTED:
             lines.append(self.cause())
             if status.address:
                 lines.append(status.address)
@@ -418,8 +212,8 @@ class AppState(QObject):
                 self.notice.emit(Notice("m6t helper not running",
                                         f"Start it: {HELPER_START_HINT}", DisplayState.ERROR))
         elif link is Link.DENIED and before is not Link.DENIED:
-            self.events.append(f"Permission denied on the helper's socket. Join the m6t "
-                               f"group: {JOIN_GROUP_HINT}", "error")
+            self.events.append(f"Permission denied on the helper's socket. Join the "
+                               f"{self.group} group: {join_group_hint(self.group)}", "error")
         if link is not Link.ONLINE:
             self.busy = None
         self.changed.emit()
@@ -446,8 +240,8 @@ class AppState(QObject):
                                     self.display_state()))
         else:
             self.events.append("Connected to the helper" + (
-                " (read-only: join group m6t to connect)" if result.access == "read-only"
-                else ""))
+                f" (read-only: join group {self.group} to connect)"
+                if result.access == Access.READ_ONLY else ""))
         for status in result.tunnels:
             self._update_report_from_status(status)
         self._refresh_current()
@@ -502,15 +296,16 @@ class AppState(QObject):
             self.current = event.profile
         text = f"{event.profile}: {HELPER_STATE_LABELS[status.state]}, " \
                f"{cause_text(status, event.message)}"
-        severity = {"error": "error", "waiting": "warning"}.get(status.state, "info")
+        severity = {TunnelState.ERROR: "error",
+                    TunnelState.WAITING: "warning"}.get(status.state, "info")
         self.events.append(text, severity)
         self._notice_for_state(previous, status, event.message)
-        if status.state == "connecting":
+        if status.state == TunnelState.CONNECTING:
             self._connecting_cause[event.profile] = status.cause
-        if status.state in ("connected", "waiting"):
+        if status.state in (TunnelState.CONNECTED, TunnelState.WAITING):
             self._update_report_from_status(status)
-        if status.state == "disconnected" and status.profile == self.wanted \
-                and status.cause == "user_request":
+        if status.state == TunnelState.DISCONNECTED and status.profile == self.wanted \
+                and status.cause == Cause.USER_REQUEST:
             self.wanted = None
         self._refresh_current()
         self.changed.emit()
@@ -523,23 +318,23 @@ class AppState(QObject):
                 and previous.cause == status.cause:
             return
         display = DisplayState.CONNECTED
-        if status.state == "connected":
-            if self._connecting_cause.get(status.profile, "user_request") == "user_request" \
-                    and status.cause != "port_fallback":
+        if status.state == TunnelState.CONNECTED:
+            asked = self._connecting_cause.get(status.profile, Cause.USER_REQUEST)
+            if asked == Cause.USER_REQUEST and status.cause != Cause.PORT_FALLBACK:
                 return
             if blocked_ports(status):
                 display = DisplayState.DEGRADED
             summary = f"m6t: connected to {status.profile}"
-        elif status.state == "waiting":
+        elif status.state == TunnelState.WAITING:
             summary, display = f"m6t: {status.profile} is waiting", DisplayState.DEGRADED
-        elif status.state == "error":
+        elif status.state == TunnelState.ERROR:
             summary, display = f"m6t: {status.profile} failed", DisplayState.ERROR
-        elif status.state == "disconnected" and status.cause != "user_request":
+        elif status.state == TunnelState.DISCONNECTED and status.cause != Cause.USER_REQUEST:
             summary, display = f"m6t: {status.profile} disconnected", DisplayState.DISCONNECTED
         else:
             return
         body = cause_text(status, message)
-        if status.state == "connected" and status.address:
+        if status.state == TunnelState.CONNECTED and status.address:
             body += f"\n{status.address}"
         self.notice.emit(Notice(summary, body, display))
 
@@ -555,7 +350,7 @@ class AppState(QObject):
                                                     reason=event.reason, at=event.at))
         self.events.append(f"{event.profile}: new address {event.address} "
                            f"({address_reason_text(event.reason)})", "notice")
-        if event.reason in ("network_changed", "nat_mapping_changed", "resume"):
+        if event.reason in _ANNOUNCED_ADDRESS_REASONS:
             self.notice.emit(Notice(f"m6t: new address ({address_reason_text(event.reason)})",
                                     f"{event.profile}: {event.address}",
                                     self.display_state()))
@@ -595,15 +390,23 @@ class AppState(QObject):
         self.busy = text
         self.changed.emit()
 
-    def action_failed(self, what: str, error: CallError) -> None:
-        self.busy = None
-        self.last_failure = f"{what}: {error.message}"
-        if error.permission_denied:
-            self.access = "read-only"
-            self.last_failure = f"{what}: permission denied. Join the m6t group: " \
-                                f"{JOIN_GROUP_HINT}"
+    def action_failed(self, what: str, error: ControlError) -> None:
+        """A call the helper refused or never answered: say why, and what to do about it."""
+        if isinstance(error, PermissionDenied):
+            self.access = Access.READ_ONLY
+            self.group = error.data.group or self.group
+            self.report_failure(what, f"permission denied. Join the {self.group} group: "
+                                      f"{join_group_hint(self.group)}")
         elif error.field:
-            self.last_failure += f" (field {error.field}: fix it in Profiles…)"
+            self.report_failure(what, f"{error.message} (field {error.field}: fix it in "
+                                      "Profiles…)")
+        else:
+            self.report_failure(what, error.message)
+
+    def report_failure(self, what: str, reason: str) -> None:
+        """An action that failed, in words; also one that failed here, before any call."""
+        self.busy = None
+        self.last_failure = f"{what}: {reason}"
         self.events.append(self.last_failure, "error")
         self.changed.emit()
 
