@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from m6t.control.client import HelperClient
+from m6t.control.schema import TunnelStatus
 from m6t.lab.lab import Lab, LabError
 
 TARGET_TCP_RATIO = 0.25
@@ -312,12 +313,12 @@ def offloads_off(lab: Lab) -> dict[str, dict[str, str]]:
     return state
 
 
-def connect_tunnel(lab: Lab) -> dict[str, Any]:
+def connect_tunnel(lab: Lab) -> TunnelStatus:
     lab.start_gateway()
     lab.start_helper()
     with HelperClient(lab.helper_socket) as client:
-        result = dict(client.call("connect", profile=lab.profile()))
-    if result.get("state") != "connected":
+        result: TunnelStatus = client.call("connect", profile=lab.profile())
+    if result.state != "connected":
         raise BenchError(f"tunnel did not connect: {result}")
     return result
 
@@ -339,10 +340,10 @@ def start_bare_forwarder(lab: Lab) -> None:
     lab.ip("mn", "-6", "route", "add", f"{BARE_TARGET}/128", "dev", BARE_TUN, "src", BARE_MN)
 
 
-def helper_status(lab: Lab) -> dict[str, Any]:
+def helper_status(lab: Lab) -> TunnelStatus | None:
     with HelperClient(lab.helper_socket) as client:
-        tunnels = client.call("status")["tunnels"]
-    return dict(tunnels[0]) if tunnels else {}
+        tunnels = client.call("status").tunnels
+    return tunnels[0] if tunnels else None
 
 
 def start_iperf_servers(lab: Lab, bare: bool) -> None:
@@ -491,13 +492,13 @@ def measure(lab: Lab, tests: tuple[Test, ...], seconds: float, repeat: int, bare
     if bare:
         ping(lab, BARE_TARGET, True, count=3)
         modes.append(("bare", BARE_TARGET, True))
-    print(f"lab {lab.tag}: tunnel {tunnel.get('address')} via port {tunnel.get('port')}, "
+    print(f"lab {lab.tag}: tunnel {tunnel.address} via port {tunnel.port}, "
           f"mtu {tunnel_mtu.group(1) if tunnel_mtu else '?'}; iperf3 {seconds:g} s per run, "
           f"{repeat} run(s) each", file=out)
 
     def forwarded() -> dict[str, int]:
         status, metrics = helper_status(lab), lab.metrics(check=False) or {}
-        return {"helper": status.get("tx_packets", 0) + status.get("rx_packets", 0),
+        return {"helper": status.tx_packets + status.rx_packets if status else 0,
                 "gateway": int(sum(v for k, v in metrics.items()
                                    if k.startswith("m6t_gateway_packets_total")))}
 
@@ -519,16 +520,17 @@ def measure(lab: Lab, tests: tuple[Test, ...], seconds: float, repeat: int, bare
     status = helper_status(lab)
     metrics = lab.metrics(check=False) or {}
     gateway_drops = {k: v for k, v in metrics.items() if "drop" in k and v}
-    print(f"\nhelper drops: {status.get('drops') or 'none'}; gateway drops: "
+    helper_drops = status.drops if status else {}
+    print(f"\nhelper drops: {helper_drops or 'none'}; gateway drops: "
           f"{gateway_drops or 'none'}", file=out)
     return {
         "summary": summary,
         "runs": {key: {mode: [asdict(r) for r in runs] for mode, runs in modes.items()}
                  for key, modes in results.items()},
         "offloads": offloads,
-        "tunnel": {"address": tunnel.get("address"), "port": tunnel.get("port"),
+        "tunnel": {"address": tunnel.address, "port": tunnel.port,
                    "mtu": int(tunnel_mtu.group(1)) if tunnel_mtu else None,
-                   "drops": status.get("drops"), "gateway_drops": gateway_drops},
+                   "drops": helper_drops, "gateway_drops": gateway_drops},
     }
 
 

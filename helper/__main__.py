@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("m6t").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("asyncio").setLevel(logging.ERROR)
 
-    from m6t_helper.daemon import Helper
+    from .daemon import Helper
 
     async def run() -> None:
         helper = Helper(args.socket, args.group, args.others)

@@ -8,12 +8,7 @@ import contextlib
 import logging
 import signal
 import time
-from typing import Any
-
-from m6t_helper.control import Connection, ControlServer
-from m6t_helper.netwatch import NetworkWatch
-from m6t_helper.system import free_name, remove_leftovers
-from m6t_helper.tunnel import Tunnel, race_ports, resolve_ipv4
+from collections.abc import Iterable
 
 from m6t import __version__
 from m6t.control import schema
@@ -40,11 +35,12 @@ from m6t.control.schema import (
     validate_profile,
 )
 from m6t.linux import systemd
-from m6t.linux.netlink import Netlink
-from m6t.linux.udp import open_fragmentation_needed_listener, read_fragmentation_needed
-from m6t.protocol.client import tunnel_mtu_for_route
-from m6t.protocol.constants import IPV6_MINIMUM_MTU
+from m6t.linux.udp import FragmentationNeeded
 from m6t.protocol.session import Cause
+
+from .control import Connection, ControlServer, Handler
+from .io import HelperIO, LinuxIO
+from .tunnel import Tunnel, probe_ports
 
 log = logging.getLogger("m6t.helper")
 
@@ -61,14 +57,15 @@ def _valid(profile: Profile) -> Profile:
 
 
 class Helper:
-    def __init__(self, socket_path: str, group: str, others: str) -> None:
+    def __init__(self, socket_path: str, group: str, others: str,
+                 io: HelperIO | None = None) -> None:
         self.loop = asyncio.get_running_loop()
-        self.netlink = Netlink()
+        self.io: HelperIO = io if io is not None else LinuxIO()
         self.tunnels: dict[str, Tunnel] = {}
         self.started = time.time()
         self._stop = asyncio.Event()
         # Which methods exist, their params and who may call them: schema.METHODS.
-        handlers = {
+        handlers: dict[str, Handler] = {
             "version": self.version, "status": self.status, "subscribe": self.subscribe,
             "connect": self.connect, "disconnect": self.disconnect, "probe": self.probe,
             "probe_mtu": self.probe_mtu, "set_mtu": self.set_mtu, "regenerate": self.regenerate,
@@ -79,13 +76,12 @@ class Helper:
     # --- running ---
 
     async def run(self) -> None:
-        removed = remove_leftovers(self.netlink)
+        removed = self.io.remove_leftovers()
         if removed:
             log.warning("removed leftovers of a previous run: %s", ", ".join(removed))
         await self.control.start()
-        watch = NetworkWatch(self.loop, self._network_changed, self._resumed)
-        icmp = open_fragmentation_needed_listener()
-        self.loop.add_reader(icmp.fileno(), self._fragmentation_needed, icmp)
+        watch = self.io.watch_network(self.loop, self._network_changed, self._resumed)
+        icmp = self.io.listen_fragmentation_needed(self.loop, self._fragmentation_needed)
         for signum in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(signum, self._stop.set)
         ticker = self.loop.create_task(self._traffic_ticker())
@@ -99,13 +95,16 @@ class Helper:
             log.info("stopping: tearing down %d tunnel(s)", len(self.tunnels))
             ticker.cancel()
             for tunnel in list(self.tunnels.values()):
-                await tunnel.stop("helper_stopping")
+                await tunnel.stop(Cause.HELPER_STOPPING)
             self.tunnels.clear()
             await self.control.close()
-            self.loop.remove_reader(icmp.fileno())
             icmp.close()
             watch.close()
-            self.netlink.close()
+            self.io.close()
+
+    def stop(self) -> None:
+        """Stop `run()` as SIGTERM does (for embedding and tests)."""
+        self._stop.set()
 
     def publish(self, event: Event) -> None:
         self.control.broadcast(event)
@@ -124,8 +123,8 @@ class Helper:
         for tunnel in self.tunnels.values():
             tunnel.resumed()
 
-    def _fragmentation_needed(self, icmp: Any) -> None:
-        for error in read_fragmentation_needed(icmp):
+    def _fragmentation_needed(self, errors: Iterable[FragmentationNeeded]) -> None:
+        for error in errors:
             for tunnel in self.tunnels.values():
                 if (tunnel.local_port() == error.local[1] and tunnel.pump is not None
                         and tunnel.pump.target.gateway == error.remote):
@@ -184,9 +183,9 @@ class Helper:
         if existing is not None:
             if existing.profile == profile and existing.state != "error":
                 return existing.status()
-            await existing.stop("user_request")
+            await existing.stop(Cause.USER_REQUEST)
             del self.tunnels[profile.name]
-        name = free_name(self.netlink, {t.name for t in self.tunnels.values()})
+        name = self.io.free_name({t.name for t in self.tunnels.values()})
         tunnel = Tunnel(self, profile, name)
         self.tunnels[profile.name] = tunnel
         tunnel.start()
@@ -201,7 +200,7 @@ class Helper:
             self._tunnel(name)
         for name in names:
             tunnel = self.tunnels.pop(name)
-            await tunnel.stop("user_request")
+            await tunnel.stop(Cause.USER_REQUEST)
             self.publish(RemovedEvent(tunnel=tunnel.name, profile=name))
         return DisconnectResult(disconnected=names)
 
@@ -210,16 +209,14 @@ class Helper:
         if not 0.2 <= params.timeout <= 30:
             raise InvalidParams("timeout must be 0.2-30 s", ErrorData(field="timeout"))
         try:
-            gateway = await resolve_ipv4(self.loop, profile.gateway)
+            gateway = await self.io.resolve(profile.gateway)
         except OSError as exc:
             raise Unavailable(f"cannot resolve {profile.gateway}: {exc}",
                               ErrorData(cause=Cause.RESOLVE_FAILED)) from None
-        if self.netlink.route_to(gateway) is None:
+        if self.io.route_to(gateway) is None:
             raise Unavailable(f"no IPv4 route to {gateway}",
                               ErrorData(cause=Cause.NO_IPV4_NETWORK))
-        taken = self.taken_suffixes(profile.prefix, None)
-        _, ports = await race_ports(self.loop, gateway, profile, taken, first_wins=False,
-                                    timeout=params.timeout)
+        ports = await probe_ports(self, gateway, profile, params.timeout)
         return ProbeResult(gateway_address=gateway, ports=ports)
 
     async def probe_mtu(self, connection: Connection, params: NameParams) -> MtuReport:
@@ -230,25 +227,19 @@ class Helper:
 
     async def set_mtu(self, connection: Connection, params: SetMtuParams) -> TunnelStatus:
         tunnel = self._tunnel(params.profile)
-        if params.mtu == "auto":
-            route = (self.netlink.route_to(tunnel.gateway_address)
-                     if tunnel.gateway_address else None)
-            mtu = tunnel_mtu_for_route(route.mtu if route else None, tunnel.mtu)
-            reason = "auto"
-        else:
-            try:
-                schema.check_mtu(params.mtu)
-            except ProfileError as exc:
-                raise InvalidParams(str(exc), ErrorData(field="mtu")) from None
-            mtu, reason = max(IPV6_MINIMUM_MTU, params.mtu), "user_request"
-        tunnel.set_mtu(mtu, reason)
+        try:
+            schema.check_mtu(params.mtu)
+        except ProfileError as exc:
+            raise InvalidParams(str(exc), ErrorData(field="mtu")) from None
+        tunnel.set_mtu(params.mtu)
         return tunnel.status()
 
     async def regenerate(self, connection: Connection, params: NameParams) -> TunnelStatus:
         tunnel = self._tunnel(params.profile)
         if tunnel.state != "connected":
             raise Unavailable(f"tunnel {tunnel.name} is {tunnel.state}")
-        tunnel.request("user_request")
+        outcome = tunnel.next_outcome()
+        tunnel.regenerate()
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(tunnel.next_outcome(), FIRST_OUTCOME_TIMEOUT)
+            await asyncio.wait_for(outcome, FIRST_OUTCOME_TIMEOUT)
         return tunnel.status()

@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from m6t.linux.tun import TunDevice
+from m6t.linux.tun import PacketDevice
 from m6t.linux.udp import UdpGso, read_icmp_errors
 from m6t.protocol.client import Inbound, check_from_tun, classify_from_gateway
 from m6t.protocol.constants import IPV6_HEADER_LENGTH, NEXT_HEADER_NONE
@@ -50,7 +50,7 @@ ControlHandler = Callable[[Inbound, bytes], None]
 
 
 class Pump:
-    def __init__(self, tun: TunDevice, target: Target, on_control: ControlHandler) -> None:
+    def __init__(self, tun: PacketDevice, target: Target, on_control: ControlHandler) -> None:
         self.tun = tun
         self.target = target
         self.on_control = on_control  # called in a pump thread: must be thread-safe

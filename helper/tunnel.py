@@ -1,14 +1,12 @@
-"""One tunnel: connect (port race), keep alive, follow the network, regenerate, disconnect.
+"""One tunnel: carries out what its ClientSession (m6t.protocol.session) decides.
 
-The lifecycle runs as one asyncio task per tunnel:
-
-    connecting --race won--> connected --(network changed | path dead | regenerate)--> connecting
-        |  no IPv4 route / no port answered / name not resolved          ^
-        v                                                                 |
-     waiting ---------------- network event or back-off timer -----------+
-
-The TUN device is created on the first success and kept across regenerations, so the
-interface a user (or the MIPv6 daemon) sees stays m6tN while its address changes.
+The session owns the lifecycle (the port race, back-off, causes, keepalive and liveness timing,
+the MTU policy); this is the loop around it: it feeds the session what happens (a race answer, a
+network event, a keepalive reply, the data path's activity, the passing of time) and does what
+it asks (open the race sockets, put an address on the interface, apply an MTU, send a keepalive,
+publish a state). The TUN device is created on the first success and kept across new
+addresses, so the interface a user (or the MIPv6 daemon) sees stays m6tN while its address
+changes.
 """
 
 from __future__ import annotations
@@ -21,11 +19,9 @@ import secrets
 import socket
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Protocol
-
-from m6t_helper.datapath import Pump, Target
-from m6t_helper.system import TunnelInterface
+from collections.abc import Callable
+from functools import partial
+from typing import Literal, Protocol
 
 from m6t.control.schema import (
     AddressChange,
@@ -39,434 +35,103 @@ from m6t.control.schema import (
     TunnelStatus,
 )
 from m6t.linux.fragments import fragment_udp, send_fragments
-from m6t.linux.netlink import Netlink, RouteInfo
-from m6t.linux.udp import open_tunnel_socket, send_datagram
+from m6t.linux.udp import send_datagram
+from m6t.protocol import session as s
 from m6t.protocol.addressing import TunnelPrefix
-from m6t.protocol.client import (
-    Inbound,
-    Liveness,
-    LivenessMonitor,
-    PortRace,
-    build_probe,
-    mtu_probe_sizes,
-    tunnel_mtu_for_route,
-)
-from m6t.protocol.constants import (
-    DEFAULT_TUNNEL_MTU,
-    ENCAPSULATION_OVERHEAD,
-    IPV6_MINIMUM_MTU,
-)
-from m6t.protocol.packets import build_keepalive, parse_echo
+from m6t.protocol.client import Inbound, PortRace, build_probe, mtu_probe_sizes
+from m6t.protocol.constants import DEFAULT_TUNNEL_MTU, IPV6_MINIMUM_MTU
+from m6t.protocol.packets import parse_echo
+
+from .datapath import Pump, Target
+from .io import HelperIO, Interface
 
 log = logging.getLogger("m6t.helper")
 
 HISTORY = 50
-MAX_BACKOFF = 60.0
 MTU_PROBE_WAIT = 1.5
-RACE_REPORT_GRACE = 0.25
-RESUME_WINDOW = 30.0
-ADDRESS_CHANGE_REASONS = ("network_changed", "nat_mapping_changed", "user_request", "resume")
+OLD_SOCKET_GRACE = 1.0  # the pump thread may still poll the old socket for a moment
 
 
 class HelperContext(Protocol):
     loop: asyncio.AbstractEventLoop
-    netlink: Netlink
+    io: HelperIO
 
     def publish(self, event: Event) -> None: ...
     def taken_suffixes(self, prefix: str, exclude: Tunnel | None) -> set[int]: ...
 
 
-@dataclass
-class RaceOutcome:
-    port: int
-    suffix: int
-    address: bytes
-    sock: socket.socket
-    rtt: float
-    ports: list[PortProbe]
+def port_probes(results: list[s.PortResult]) -> list[PortProbe]:
+    return [PortProbe(port=r.port, reachable=r.rtt is not None,
+                      rtt_ms=None if r.rtt is None else round(r.rtt * 1000, 3), error=r.error)
+            for r in results]
 
 
-async def resolve_ipv4(loop: asyncio.AbstractEventLoop, host: str) -> str:
-    try:
-        return str(ipaddress.IPv4Address(host))
-    except ValueError:
-        pass
-    infos = await loop.getaddrinfo(host, None, family=socket.AF_INET, type=socket.SOCK_DGRAM)
-    return str(infos[0][4][0])
-
-
-async def race_ports(loop: asyncio.AbstractEventLoop, gateway: str, profile: Profile,
-                     taken: set[int], *, first_wins: bool = True, timeout: float = 4.0
-                     ) -> tuple[RaceOutcome | None, list[PortProbe]]:
-    """Send an echo to the HA through every port at once, each from a fresh address and its
-    own socket. With `first_wins`, stop at the first answer and keep that socket."""
-    prefix = TunnelPrefix.parse(profile.prefix)
-    home_agent = ipaddress.IPv6Address(profile.home_agent).packed
-    race = PortRace(prefix, home_agent, list(profile.ports), loop.time(), taken,
-                    timeout=timeout)
-    sockets: dict[int, socket.socket] = {}
-    errors: dict[int, str] = {}
-    answered: list[int] = []  # ports in the order their answers came
-    progress = asyncio.Event()
-
-    def readable(port: int, sock: socket.socket) -> None:
-        while True:
-            try:
-                data = sock.recv(65535)  # connected: the kernel lets only the gateway in
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                errors[port] = exc.strerror or str(exc)
-                return
-            if race.receive(port, data, loop.time()) is not None:
-                answered.append(port)
-                progress.set()
-
-    try:
-        for port in profile.ports:
-            sock = open_tunnel_socket(connect=(gateway, port))
-            sockets[port] = sock
-            loop.add_reader(sock.fileno(), readable, port, sock)
-        while not race.finished(loop.time()):
-            for port, packet in race.due(loop.time()):
-                try:
-                    sockets[port].send(packet)
-                except OSError as exc:
-                    errors[port] = exc.strerror or str(exc)
-            progress.clear()
-            wait = max(0.0, race.next_deadline() - loop.time())
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(progress.wait(), wait)
-            if answered and first_wins:
-                # The winner is decided; give the others a moment to answer so the report of
-                # which ports work is honest, without delaying the tunnel noticeably.
-                grace = loop.time() + RACE_REPORT_GRACE
-                while not race.finished(loop.time()) and loop.time() < grace:
-                    progress.clear()
-                    with contextlib.suppress(asyncio.TimeoutError):
-                        await asyncio.wait_for(progress.wait(), grace - loop.time())
-                break
-        results = [PortProbe(port=c.port, reachable=c.rtt is not None,
-                             rtt_ms=None if c.rtt is None else round(c.rtt * 1000, 3),
-                             error=None if c.rtt is not None else errors.get(c.port, "no answer"))
-                   for c in race.candidates.values()]
-        if not first_wins or not answered:
-            return None, results
-        won = race.candidates[answered[0]]
-        assert won.rtt is not None
-        return RaceOutcome(won.port, won.suffix, won.address, sockets[won.port], won.rtt,
-                           results), results
-    finally:
-        kept = answered[0] if first_wins and answered else None
-        for port, sock in sockets.items():
-            with contextlib.suppress(ValueError, OSError):
-                loop.remove_reader(sock.fileno())  # the winner's is read by its pump from now on
-            if port != kept:
-                sock.close()
+def session_config(profile: Profile) -> s.SessionConfig:
+    return s.SessionConfig(host=profile.gateway, ports=tuple(profile.ports),
+                           prefix=TunnelPrefix.parse(profile.prefix),
+                           home_agent=ipaddress.IPv6Address(profile.home_agent).packed,
+                           mtu=profile.mtu, keepalive=profile.keepalive)
 
 
 class Tunnel:
     def __init__(self, context: HelperContext, profile: Profile, name: str) -> None:
         self.context = context
+        self.loop = context.loop
+        self.io = context.io
         self.profile = profile
         self.name = name
-        self.prefix = TunnelPrefix.parse(profile.prefix)
-        self.home_agent = ipaddress.IPv6Address(profile.home_agent).packed
-        self.state = "connecting"
-        self.cause = "user_request"
+        self.session = s.ClientSession(session_config(profile))
         self.since = time.time()
-        self.gateway_address: str | None = None
-        self.route: RouteInfo | None = None
-        self.port: int | None = None
-        self.suffix: int | None = None
-        self.address: bytes | None = None
-        self.rtt: float | None = None
-        self.ports: list[PortProbe] = []
         self.history: deque[AddressChange] = deque(maxlen=HISTORY)
-        self.interface: TunnelInterface | None = None
+        self.interface: Interface | None = None
         self.pump: Pump | None = None
-        self.mtu = profile.mtu if isinstance(profile.mtu, int) else DEFAULT_TUNNEL_MTU
-        self.mtu_floor_reason: str | None = None
-        self.liveness = LivenessMonitor(keepalive=profile.keepalive)
-        self.first_outcome: asyncio.Future[None] = context.loop.create_future()
+        self.first_outcome: asyncio.Future[None] = self.loop.create_future()
         self._outcome_waiters: list[asyncio.Future[None]] = []
-        self._wake = asyncio.Event()
-        self._reason: str | None = None  # why the running connection must be replaced
+        self._race_sockets: dict[int, socket.socket] = {}
+        self._kept: tuple[int, socket.socket] | None = None  # the race winner's socket
+        self._timer: asyncio.TimerHandle | None = None
+        self._resolving: asyncio.Task[None] | None = None
+        self._work: deque[Callable[[float], list[s.Action]]] = deque()
+        self._busy = False
         self._probe_waiters: dict[int, asyncio.Future[None]] = {}
         self._probe_identifier = secrets.randbits(16)
-        self._keepalive_sent_at: float | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._resumed_at = -RESUME_WINDOW
-        self.last_error: str | None = None
 
-    # --- status ---
+    # --- what the outside sees ---
+
+    @property
+    def state(self) -> s.TunnelState:
+        return self.session.state
+
+    @property
+    def suffix(self) -> int | None:
+        return self.session.suffix
+
+    @property
+    def gateway_address(self) -> str | None:
+        return self.session.gateway_address
 
     def status(self) -> TunnelStatus:
-        pump = self.pump
-        address = str(ipaddress.IPv6Address(self.address)) if self.address else None
-        suffix = None
-        if self.suffix is not None:
-            suffix = ":".join(f"{self.suffix >> shift & 0xFFFF:x}" for shift in (32, 16, 0))
+        session, pump = self.session, self.pump
         return TunnelStatus(
-            name=self.name, profile=self.profile.name, state=self.state,  # type: ignore[arg-type]
-            cause=self.cause, address=address, prefix=self.profile.prefix, suffix=suffix,
-            gateway=self.profile.gateway, gateway_address=self.gateway_address, port=self.port,
-            home_agent=self.profile.home_agent, mtu=self.mtu,
-            rtt_ms=None if self.rtt is None else round(self.rtt * 1000, 3),
+            name=self.name, profile=self.profile.name, state=session.state,
+            cause=session.cause,
+            address=str(ipaddress.IPv6Address(session.address)) if session.address else None,
+            prefix=self.profile.prefix,
+            suffix=None if session.suffix is None else s.suffix_text(session.suffix),
+            gateway=self.profile.gateway, gateway_address=session.gateway_address,
+            port=session.port, home_agent=self.profile.home_agent, mtu=session.mtu,
+            rtt_ms=None if session.rtt is None else round(session.rtt * 1000, 3),
             rx_bytes=pump.rx_bytes if pump else 0, tx_bytes=pump.tx_bytes if pump else 0,
             rx_packets=pump.rx_packets if pump else 0, tx_packets=pump.tx_packets if pump else 0,
             drops=pump.drops() if pump else {}, since=self.since, history=list(self.history),
-            ports=list(self.ports))
-
-    def _set_state(self, state: str, cause: str) -> None:
-        changed = (state, cause) != (self.state, self.cause)
-        self.state, self.cause = state, cause
-        if changed:
-            self.since = time.time()
-            log.info("%s (%s): %s, %s", self.name, self.profile.name, state, cause)
-            self.context.publish(StateEvent(
-                tunnel=self.name, profile=self.profile.name, state=state, cause=cause,
-                status=self.status(), message=self.last_error if state == "error" else None))
-        if state in ("connected", "waiting", "error"):
-            if not self.first_outcome.done():
-                self.first_outcome.set_result(None)
-            for waiter in self._outcome_waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-            self._outcome_waiters.clear()
+            ports=port_probes(session.ports),
+            message=session.message if session.state == s.TunnelState.ERROR else None)
 
     def next_outcome(self) -> asyncio.Future[None]:
         """Resolves when the next connection attempt is decided (connected/waiting/error)."""
-        waiter: asyncio.Future[None] = self.context.loop.create_future()
+        waiter: asyncio.Future[None] = self.loop.create_future()
         self._outcome_waiters.append(waiter)
         return waiter
-
-    # --- lifecycle ---
-
-    def start(self) -> None:
-        self._task = self.context.loop.create_task(self._run(), name=f"tunnel {self.name}")
-
-    async def stop(self, cause: str = "user_request") -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._teardown()
-        self._set_state("disconnected", cause)
-        if not self.first_outcome.done():
-            self.first_outcome.set_result(None)
-
-    def _teardown(self) -> None:
-        if self.pump is not None:
-            self.pump.stop()
-            self.pump.target.sock.close()
-            self.pump = None
-        if self.interface is not None:
-            self.interface.close()
-            self.interface = None
-
-    def request(self, reason: str) -> None:
-        """Replace the connection (new address) for `reason`, from any coroutine."""
-        self._reason = reason
-        self._wake.set()
-
-    def network_changed(self) -> None:
-        """Netlink said something changed: look at the route to our gateway again."""
-        self._wake.set()
-
-    def resumed(self) -> None:
-        """Back from suspend: the NAT has probably forgotten us. Probe at once; if the path
-        turns out dead, the new address is attributed to the resume."""
-        self._resumed_at = time.monotonic()
-        self.liveness.check_now(self._resumed_at)
-        self._wake.set()
-
-    async def _run(self) -> None:
-        reason = "user_request"
-        backoff = 1.0
-        while True:
-            try:
-                connected = await self._connect_once(reason)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.exception("%s: setup failed", self.name)
-                self.last_error = str(exc)
-                self._set_state("error", "setup_failed")
-                connected = False
-            if connected:
-                backoff = 1.0
-                reason = await self._monitor()
-                continue
-            if self.state == "waiting" and self.cause == "no_ipv4_network":
-                await self._wait_for(None)  # a netlink event brings us back
-            else:
-                await self._wait_for(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
-            reason = "retrying" if self.address is None else (self._reason or "network_changed")
-            self._reason = None
-
-    async def _wait_for(self, timeout: float | None) -> None:
-        self._wake.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
-
-    async def _connect_once(self, reason: str) -> bool:
-        loop = self.context.loop
-        self._set_state("connecting", reason)
-        try:
-            gateway = await resolve_ipv4(loop, self.profile.gateway)
-        except OSError as exc:
-            self.last_error = str(exc)
-            self._set_state("waiting", "resolve_failed")
-            return False
-        self.gateway_address = gateway
-        route = self.context.netlink.route_to(gateway)
-        if route is None:
-            self.route = None
-            self._set_state("waiting", "no_ipv4_network")
-            return False
-        taken = self.context.taken_suffixes(self.profile.prefix, self)
-        outcome, ports = await race_ports(loop, gateway, self.profile, taken)
-        self.ports = ports
-        if outcome is None:
-            self._set_state("waiting", "gateway_unreachable")
-            return False
-        self.route = route
-        self._install(outcome, gateway, reason)
-        first = self.profile.ports[0]
-        if not any(p.reachable and p.port == first for p in ports):
-            cause = "port_fallback"  # the preferred port did not answer: say so
-        elif reason in ADDRESS_CHANGE_REASONS:
-            cause = reason  # connected again, with a new address, because of this
-        else:
-            cause = "port_race_won"
-        self._set_state("connected", cause)
-        return True
-
-    def _install(self, outcome: RaceOutcome, gateway: str, reason: str) -> None:
-        address_text = str(ipaddress.IPv6Address(outcome.address))
-        previous = str(ipaddress.IPv6Address(self.address)) if self.address else None
-        if self.interface is None:
-            if self.profile.mtu == "auto":
-                self.mtu = tunnel_mtu_for_route(self.route.mtu if self.route else None,
-                                                DEFAULT_TUNNEL_MTU)
-            self.interface = TunnelInterface(self.context.netlink, self.name, self.mtu)
-            self.interface.set_address(address_text)
-            self.interface.set_routes(self.profile.routes, self.profile.home_agent)
-        else:
-            self.interface.set_address(address_text)
-        target = Target(outcome.address, outcome.sock, (gateway, outcome.port))
-        if self.pump is None:
-            self.pump = Pump(self.interface.tun, target, self._from_pump)
-            self.pump.start()
-        else:
-            old = self.pump.target.sock
-            self.pump.retarget(target)
-            # The receive thread may still be polling the old socket: close it a bit later.
-            self.context.loop.call_later(1.0, old.close)
-        self.address, self.suffix, self.port, self.rtt = (outcome.address, outcome.suffix,
-                                                          outcome.port, outcome.rtt)
-        change_reason = "connect" if previous is None else reason
-        change = AddressChange(address=address_text, previous=previous, reason=change_reason,
-                               at=time.time())
-        self.history.append(change)
-        now = time.monotonic()
-        self.liveness.start(now)
-        self.pump.last_received = self.pump.last_sent = now
-        self.context.publish(AddressEvent(
-            tunnel=self.name, profile=self.profile.name, address=change.address,
-            previous=change.previous, reason=change.reason, at=change.at))
-
-    async def _monitor(self) -> str:
-        """Keep the connection alive; return why it must be replaced."""
-        assert self.pump is not None
-        while True:
-            self._wake.clear()
-            liveness = self.liveness
-            liveness.last_received = max(liveness.last_received, self.pump.last_received)
-            liveness.last_sent = max(liveness.last_sent, self.pump.last_sent)
-            action = liveness.poll(time.monotonic())
-            if action is Liveness.SEND_KEEPALIVE:
-                self._send_keepalive()
-            elif action is Liveness.PATH_DEAD:
-                if time.monotonic() - self._resumed_at < RESUME_WINDOW:
-                    log.warning("%s: path dead after resume", self.name)
-                    return "resume"
-                log.warning("%s: no answer from the gateway: NAT mapping probably changed",
-                            self.name)
-                return "nat_mapping_changed"
-            timeout = max(0.05, liveness.next_deadline() - time.monotonic())
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            if self._reason is not None:
-                reason, self._reason = self._reason, None
-                return reason
-            if self._wake.is_set():
-                changed = self._route_changed()
-                if changed is not None:
-                    return changed
-
-    def _route_changed(self) -> str | None:
-        if self.gateway_address is None:
-            return None
-        route = self.context.netlink.route_to(self.gateway_address)
-        if route is None:
-            return "network_changed"
-        old = self.route
-        if old is None or (route.ifname, route.gateway, route.source) != \
-                (old.ifname, old.gateway, old.source):
-            return "network_changed"
-        return None
-
-    def _send_keepalive(self) -> None:
-        pump = self.pump
-        if pump is None or self.address is None:
-            return
-        target = pump.target
-        self._keepalive_sent_at = time.monotonic()
-        with contextlib.suppress(OSError):
-            send_datagram(target.sock, build_keepalive(self.address), None)
-
-    # --- packets the pump hands over (called in a pump thread) ---
-
-    def _from_pump(self, kind: Inbound, packet: bytes) -> None:
-        self.context.loop.call_soon_threadsafe(self._control_packet, kind, packet,
-                                               time.monotonic())
-
-    def _control_packet(self, kind: Inbound, packet: bytes, at: float) -> None:
-        self.liveness.last_received = max(self.liveness.last_received, at)
-        if kind is Inbound.KEEPALIVE_REPLY:
-            if self._keepalive_sent_at is not None:
-                self.rtt = at - self._keepalive_sent_at
-                self._keepalive_sent_at = None
-            return
-        echo = parse_echo(packet)
-        if echo is None or echo.identifier != self._probe_identifier:
-            return
-        waiter = self._probe_waiters.get(echo.sequence)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    # --- MTU ---
-
-    def set_mtu(self, mtu: int, reason: str) -> None:
-        previous = self.mtu
-        self.mtu = mtu
-        if self.interface is not None:
-            self.interface.set_mtu(mtu)
-        if mtu != previous:
-            log.info("%s: MTU %d -> %d (%s)", self.name, previous, mtu, reason)
-            self.context.publish(MtuEvent(tunnel=self.name, profile=self.profile.name, mtu=mtu,
-                                          previous=previous, reason=reason))
-
-    def fragmentation_needed(self, ipv4_mtu: int) -> None:
-        """An ICMPv4 "fragmentation needed" about our datagrams: "Reception of ICMP Packet too
-        big messages from IPv4 routers on the path may be used to locally update the MTU of
-        the path." (MTU considerations)"""
-        lowered = max(IPV6_MINIMUM_MTU, ipv4_mtu - ENCAPSULATION_OVERHEAD)
-        if lowered < self.mtu:
-            self.set_mtu(lowered, "fragmentation_needed")
 
     def local_port(self) -> int | None:
         if self.pump is None:
@@ -475,35 +140,265 @@ class Tunnel:
             return int(self.pump.target.sock.getsockname()[1])
         return None
 
-    async def probe_mtu(self) -> MtuReport:
+    # --- what happens to it (from the helper, netlink, the pump) ---
+
+    def start(self) -> None:
+        self._step(self.session.start)
+
+    async def stop(self, cause: s.Cause = s.Cause.USER_REQUEST) -> None:
+        self.feed(s.Stop(cause))
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._resolving is not None:
+            self._resolving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resolving
+        self._settle_outcomes(force=True)
+
+    def network_changed(self) -> None:
+        """Netlink said something changed: tell the session the route to our gateway now."""
+        gateway = self.session.gateway_address
+        self.feed(s.NetworkChanged(self.io.route_to(gateway) if gateway else None))
+
+    def resumed(self) -> None:
+        self.feed(s.Resumed())
+
+    def regenerate(self) -> None:
+        self.feed(s.RegenerateRequested())
+
+    def fragmentation_needed(self, ipv4_mtu: int) -> None:
+        self.feed(s.FragmentationNeeded(ipv4_mtu))
+
+    def set_mtu(self, mtu: int | Literal["auto"]) -> None:
+        gateway = self.session.gateway_address
+        self.feed(s.MtuRequested(mtu, self.io.route_to(gateway) if gateway else None))
+
+    # --- the loop around the session ---
+
+    def feed(self, event: s.Event) -> None:
+        self._step(partial(self.session.handle, event))
+
+    def _on_timer(self) -> None:
+        self._timer = None
         pump = self.pump
-        if pump is None or self.address is None or self.gateway_address is None:
+        if pump is not None and self.session.phase is s.Phase.CONNECTED:
+            self.feed(s.Traffic(pump.last_sent, pump.last_received))
+        self._step(self.session.handle_timer)
+
+    def _step(self, decide: Callable[[float], list[s.Action]]) -> None:
+        """Let the session decide, then carry out its actions in order. An event that arrives
+        while actions run (a send that fails, say) waits its turn: the session never sees two
+        things at once. An action that fails ends its batch (a tunnel whose address could not
+        be set up must not be announced connected) and becomes SetupFailed."""
+        self._work.append(decide)
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            while self._work:
+                for action in self._work.popleft()(self.loop.time()):
+                    try:
+                        self._carry_out(action)
+                    except Exception as exc:
+                        log.exception("%s: %s failed", self.name, type(action).__name__)
+                        self._work.append(partial(self.session.handle, s.SetupFailed(str(exc))))
+                        break
+        finally:
+            self._busy = False
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.session.next_deadline()
+        if deadline is not None:
+            self._timer = self.loop.call_at(max(deadline, self.loop.time()), self._on_timer)
+
+    def _carry_out(self, action: s.Action) -> None:
+        match action:
+            case s.Resolve(host):
+                self._resolving = self.loop.create_task(self._resolve(host))
+            case s.OpenRace(gateway, ports):
+                self._open_race(gateway, ports)
+            case s.SendRaceProbe(port, packet):
+                sock = self._race_sockets.get(port)
+                if sock is not None:
+                    try:
+                        sock.send(packet)
+                    except OSError as exc:
+                        self.feed(s.RaceError(port, exc.strerror or str(exc)))
+            case s.CloseRace(keep):
+                self._close_race(keep)
+            case s.UseAddress():
+                self._use_address(action)
+            case s.ApplyMtu(mtu, previous, reason):
+                if self.interface is not None:
+                    self.interface.set_mtu(mtu)
+                log.info("%s: MTU %d -> %d (%s)", self.name, previous, mtu, reason)
+                self.context.publish(MtuEvent(tunnel=self.name, profile=self.profile.name,
+                                              mtu=mtu, previous=previous, reason=reason))
+            case s.SendKeepalive(packet):
+                if self.pump is not None:
+                    with contextlib.suppress(OSError):
+                        send_datagram(self.pump.target.sock, packet, None)
+            case s.StateChanged(state, cause, message):
+                self.since = time.time()
+                log.info("%s (%s): %s, %s%s", self.name, self.profile.name, state, cause,
+                         f" ({message})" if message else "")
+                self.context.publish(StateEvent(
+                    tunnel=self.name, profile=self.profile.name, state=state, cause=cause,
+                    status=self.status(), message=message))
+                self._settle_outcomes()
+            case s.Teardown():
+                self._teardown()
+
+    def _settle_outcomes(self, force: bool = False) -> None:
+        if not force and self.session.phase not in (s.Phase.CONNECTED, s.Phase.WAITING,
+                                                    s.Phase.ERROR):
+            return
+        waiters = [self.first_outcome, *self._outcome_waiters]
+        self._outcome_waiters.clear()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --- carrying out ---
+
+    async def _resolve(self, host: str) -> None:
+        try:
+            gateway = await self.io.resolve(host)
+        except OSError as exc:
+            self.feed(s.ResolveFailed(str(exc)))
+            return
+        taken = self.context.taken_suffixes(self.profile.prefix, self)
+        self.feed(s.Resolved(gateway, self.io.route_to(gateway), frozenset(taken)))
+
+    def _open_race(self, gateway: str, ports: tuple[int, ...]) -> None:
+        """One socket per port, each connected: the kernel lets only the gateway in."""
+        for port in ports:
+            try:
+                sock = self.io.open_udp(gateway, port)
+            except OSError as exc:
+                self.feed(s.RaceError(port, exc.strerror or str(exc)))
+                continue
+            self._race_sockets[port] = sock
+            self.loop.add_reader(sock.fileno(), self._race_readable, port, sock)
+
+    def _race_readable(self, port: int, sock: socket.socket) -> None:
+        while True:
+            try:
+                data = sock.recv(65535)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self.feed(s.RaceError(port, exc.strerror or str(exc)))
+                return
+            self.feed(s.RaceDatagram(port, data))
+            if port not in self._race_sockets:
+                return  # that answer ended the race
+
+    def _close_race(self, keep: int | None) -> None:
+        if self._kept is not None:  # a winner whose address could not be set up
+            self._kept[1].close()
+            self._kept = None
+        sockets, self._race_sockets = self._race_sockets, {}
+        for port, sock in sockets.items():
+            with contextlib.suppress(ValueError, OSError):
+                self.loop.remove_reader(sock.fileno())  # the winner's is read by its pump now
+            if port == keep:
+                self._kept = (port, sock)
+            else:
+                sock.close()
+
+    def _use_address(self, action: s.UseAddress) -> None:
+        assert self._kept is not None and self._kept[0] == action.port
+        gateway = self.session.gateway_address
+        assert gateway is not None
+        _, sock = self._kept
+        self._kept = None
+        address_text = str(ipaddress.IPv6Address(action.address))
+        if self.interface is None:
+            self.interface = self.io.create_interface(self.name, self.session.mtu)
+            self.interface.set_address(address_text)
+            self.interface.set_routes(self.profile.routes, self.profile.home_agent)
+        else:
+            self.interface.set_address(address_text)
+        target = Target(action.address, sock, (gateway, action.port))
+        if self.pump is None:
+            self.pump = Pump(self.interface.tun, target, self._from_pump)
+            self.pump.start()
+        else:
+            old = self.pump.target.sock
+            self.pump.retarget(target)
+            self.loop.call_later(OLD_SOCKET_GRACE, old.close)
+        now = time.monotonic()
+        self.pump.last_received = self.pump.last_sent = now
+        previous = (str(ipaddress.IPv6Address(action.previous))
+                    if action.previous is not None else None)
+        change = AddressChange(address=address_text, previous=previous, reason=action.reason,
+                               at=time.time())
+        self.history.append(change)
+        self.context.publish(AddressEvent(
+            tunnel=self.name, profile=self.profile.name, address=change.address,
+            previous=change.previous, reason=change.reason, at=change.at))
+
+    def _teardown(self) -> None:
+        self._close_race(None)
+        if self.pump is not None:
+            self.pump.stop()
+            self.pump.target.sock.close()
+            self.pump = None
+        if self.interface is not None:
+            self.interface.close()
+            self.interface = None
+
+    # --- packets the pump hands over (called in a pump thread) ---
+
+    def _from_pump(self, kind: Inbound, packet: bytes) -> None:
+        self.loop.call_soon_threadsafe(self._control_packet, kind, packet)
+
+    def _control_packet(self, kind: Inbound, packet: bytes) -> None:
+        if kind is Inbound.KEEPALIVE_REPLY:
+            self.feed(s.KeepaliveAnswered())
+            return
+        echo = parse_echo(packet)
+        if echo is None or echo.identifier != self._probe_identifier:
+            return
+        waiter = self._probe_waiters.get(echo.sequence)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- the MTU probe (a diagnostic: the session is not involved) ---
+
+    async def probe_mtu(self) -> MtuReport:
+        pump, address = self.pump, self.session.address
+        gateway_address = self.session.gateway_address
+        if pump is None or address is None or gateway_address is None:
             raise RuntimeError("not connected")
-        loop = self.context.loop
         target = pump.target
+        home_agent = self.session.config.home_agent
         highest = self.profile.mtu if isinstance(self.profile.mtu, int) else DEFAULT_TUNNEL_MTU
-        sizes = mtu_probe_sizes(max(highest, self.mtu), beyond=())
-        waiters = {size: loop.create_future() for size in sizes}
+        sizes = mtu_probe_sizes(max(highest, self.session.mtu), beyond=())
+        waiters = {size: self.loop.create_future() for size in sizes}
         fragment_sequence = 1  # sizes are >= 1280, so 1 is free
-        waiters[fragment_sequence] = loop.create_future()
+        waiters[fragment_sequence] = self.loop.create_future()
         self._probe_waiters = waiters
+        path = self.io.route_to(gateway_address)
         try:
             for size in sizes:
-                packet = build_probe(self.address, self.home_agent, self._probe_identifier,
-                                     size, size)
+                packet = build_probe(address, home_agent, self._probe_identifier, size, size)
                 with contextlib.suppress(OSError):
                     send_datagram(target.sock, packet, None)
             # One echo in hand-made IPv4 fragments, from the tunnel socket's own port.
-            probe = build_probe(self.address, self.home_agent, self._probe_identifier,
+            probe = build_probe(address, home_agent, self._probe_identifier,
                                 fragment_sequence, IPV6_MINIMUM_MTU)
-            route = self.context.netlink.route_to(self.gateway_address)
-            source = route.source if route and route.source else None
             port = self.local_port()
-            if source and port:
+            if path is not None and path.source and port:
                 with contextlib.suppress(OSError):
                     gateway_ip, gateway_port = target.gateway
-                    send_fragments(fragment_udp(source, port, gateway_ip, gateway_port, probe),
-                                   gateway_ip)
+                    send_fragments(fragment_udp(path.source, port, gateway_ip, gateway_port,
+                                                probe), gateway_ip)
             await asyncio.wait([*waiters.values()], timeout=MTU_PROBE_WAIT)
         finally:
             self._probe_waiters = {}
@@ -512,9 +407,62 @@ class Tunnel:
         for waiter in waiters.values():
             waiter.cancel()
         return MtuReport(mtu=max(answered) if answered else 0, fragments_pass=fragments_pass,
-                         ipv4_path_mtu=route.mtu if route else None, tried=sizes,
+                         ipv4_path_mtu=path.mtu if path else None, tried=sizes,
                          answered=answered)
 
 
 def _answered(future: asyncio.Future[None]) -> bool:
     return future.done() and not future.cancelled()
+
+
+async def probe_ports(context: HelperContext, gateway: str, profile: Profile,
+                      timeout: float) -> list[PortProbe]:
+    """Every port of `profile` at once, each from its own fresh address and socket, until all
+    answered or `timeout`: what the `probe` method reports. No tunnel is touched."""
+    loop, io = context.loop, context.io
+    race = PortRace(TunnelPrefix.parse(profile.prefix),
+                    ipaddress.IPv6Address(profile.home_agent).packed, list(profile.ports),
+                    loop.time(), context.taken_suffixes(profile.prefix, None), timeout=timeout)
+    sockets: dict[int, socket.socket] = {}
+    errors: dict[int, str] = {}
+    progress = asyncio.Event()
+
+    def readable(port: int, sock: socket.socket) -> None:
+        while True:
+            try:
+                data = sock.recv(65535)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                errors[port] = exc.strerror or str(exc)
+                return
+            if race.receive(port, data, loop.time()) is not None:
+                progress.set()
+
+    try:
+        for port in profile.ports:
+            try:
+                sockets[port] = io.open_udp(gateway, port)
+            except OSError as exc:
+                errors[port] = exc.strerror or str(exc)
+                continue
+            loop.add_reader(sockets[port].fileno(), readable, port, sockets[port])
+        while not race.finished(loop.time()):
+            for port, packet in race.due(loop.time()):
+                if port in sockets:
+                    try:
+                        sockets[port].send(packet)
+                    except OSError as exc:
+                        errors[port] = exc.strerror or str(exc)
+            progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress.wait(),
+                                       max(0.0, race.next_deadline() - loop.time()))
+    finally:
+        for sock in sockets.values():
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(sock.fileno())
+            sock.close()
+    return port_probes([s.PortResult(c.port, c.rtt, None if c.rtt is not None
+                                     else errors.get(c.port, "no answer"))
+                        for c in race.candidates.values()])

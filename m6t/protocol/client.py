@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from m6t.protocol.addressing import TunnelPrefix, new_random_suffix
 from m6t.protocol.constants import (
+    ENCAPSULATION_OVERHEAD,
     ICMPV6_ECHO_REPLY,
     IPV6_HEADER_LENGTH,
     IPV6_MINIMUM_MTU,
@@ -244,11 +245,17 @@ class LivenessMonitor:
 # --- MTU ---
 
 
+def tunnel_mtu_for_link(ipv4_mtu: int) -> int:
+    """The one MTU formula: what an IPv4 path of `ipv4_mtu` bytes leaves for IPv6 packets once
+    the IPv4 and UDP headers are added, never below IPv6's minimum ("MTU considerations")."""
+    return max(IPV6_MINIMUM_MTU, ipv4_mtu - ENCAPSULATION_OVERHEAD)
+
+
 def tunnel_mtu_for_route(route_mtu: int | None, default: int) -> int:
-    """"auto": the route's MTU to the gateway minus IPv4 + UDP headers, never below 1280."""
+    """"auto": what the route to the gateway leaves, or `default` when it says nothing."""
     if route_mtu is None:
         return default
-    return max(IPV6_MINIMUM_MTU, route_mtu - 28)
+    return tunnel_mtu_for_link(route_mtu)
 
 
 def mtu_probe_sizes(highest: int, beyond: Iterable[int] = (2000, 4000)) -> list[int]:

@@ -16,9 +16,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 
-from m6t.control.client import HelperClient, HelperError, HelperNotRunning
+from m6t.control.client import HelperClient
+from m6t.control.errors import ControlError, HelperNotRunning
 from m6t.lab.inject import UDP_SOCKET_ERRORS
 from m6t.lab.lab import Lab, frozen, wait_for
 
@@ -32,14 +34,19 @@ def world(lab: Lab) -> Iterator[Lab]:
     yield lab
 
 
+def call(client: HelperClient, method: str, **params: Any) -> Any:
+    """A call's result as it travels (plain JSON values): what these tests check is the wire."""
+    return msgspec.to_builtins(client.call(method, **params))
+
+
 def connect(lab: Lab, **overrides: Any) -> dict[str, Any]:
     with HelperClient(lab.helper_socket) as client:
-        return dict(client.call("connect", profile=lab.profile(**overrides)))
+        return dict(call(client, "connect", profile=lab.profile(**overrides)))
 
 
 def status(lab: Lab) -> dict[str, Any]:
     with HelperClient(lab.helper_socket) as client:
-        tunnels = client.call("status")["tunnels"]
+        tunnels = call(client, "status")["tunnels"]
     assert len(tunnels) == 1
     return dict(tunnels[0])
 
@@ -157,12 +164,12 @@ def test_all_ports_blocked_waits_as_gateway_unreachable(world: Lab) -> None:
 def test_probe_reports_every_port(world: Lab) -> None:
     world.set_nat_rules(extra="udp dport 4500 drop")
     with HelperClient(world.helper_socket) as client:
-        result = client.call("probe", profile=world.profile(ports=[3544, 4500]), timeout=1.5)
+        result = call(client, "probe", profile=world.profile(ports=[3544, 4500]), timeout=1.5)
     ports = {p["port"]: p for p in result["ports"]}
     assert ports[3544]["reachable"] and ports[3544]["rtt_ms"] > 0
     assert not ports[4500]["reachable"]
     with HelperClient(world.helper_socket) as client:
-        assert client.call("status")["tunnels"] == []  # probing connects nothing
+        assert call(client, "status")["tunnels"] == []  # probing connects nothing
 
 
 def test_lower_link_mtu_on_the_path(world: Lab) -> None:
@@ -173,7 +180,7 @@ def test_lower_link_mtu_on_the_path(world: Lab) -> None:
     connect(world)
     assert ping(world, count=2, size=1472 - 48)  # a 1472-byte IPv6 packet
     with HelperClient(world.helper_socket) as client:
-        report = client.call("probe_mtu", profile="lab")
+        report = call(client, "probe_mtu", profile="lab")
     assert report["mtu"] == 1472
     assert report["fragments_pass"] is True
 
@@ -182,7 +189,7 @@ def test_fragments_dropped_on_the_path_are_reported(world: Lab) -> None:
     world.set_nat_rules(before_defrag="ip frag-off & 0x3fff != 0 drop")
     connect(world)
     with HelperClient(world.helper_socket) as client:
-        report = client.call("probe_mtu", profile="lab")
+        report = call(client, "probe_mtu", profile="lab")
     assert report["fragments_pass"] is False
     assert report["mtu"] == 1472  # unfragmented full-size packets still pass
 
@@ -208,28 +215,28 @@ def test_several_tunnels_have_distinct_suffixes(world: Lab) -> None:
     assert {first["name"], second["name"]} == {"m6t0", "m6t1"}
     assert first["suffix"] != second["suffix"]
     with HelperClient(world.helper_socket) as client:
-        assert len(client.call("status")["tunnels"]) == 2
+        assert len(call(client, "status")["tunnels"]) == 2
 
 
 def test_regenerate_and_set_mtu(world: Lab) -> None:
     old = connect(world)["address"]
     with HelperClient(world.helper_socket) as client:
-        regenerated = client.call("regenerate", profile="lab")
+        regenerated = call(client, "regenerate", profile="lab")
         assert regenerated["address"] != old and regenerated["state"] == "connected"
         assert regenerated["history"][-1]["reason"] == "user_request"
-        assert client.call("set_mtu", profile="lab", mtu=1400)["mtu"] == 1400
+        assert call(client, "set_mtu", profile="lab", mtu=1400)["mtu"] == 1400
     assert "mtu 1400" in world.ip("mn", "link", "show", "m6t0").stdout
     assert ping(world)
 
 
 def test_subscribe_gets_state_then_events(world: Lab) -> None:
     with HelperClient(world.helper_socket) as watcher:
-        assert watcher.call("subscribe") == {"tunnels": [], "access": "read-write"}
+        assert call(watcher, "subscribe") == {"tunnels": [], "access": "read-write"}
         connect(world)
         events: list[dict[str, Any]] = []
         for event in watcher.events():
-            events.append(event)
-            if event["type"] == "traffic":
+            events.append(msgspec.to_builtins(event))
+            if events[-1]["type"] == "traffic":
                 break
     kinds = [e["type"] for e in events]
     assert "state" in kinds and "address" in kinds
@@ -264,7 +271,7 @@ def test_a_second_helper_does_not_steal_the_socket(world: Lab) -> None:
     assert second.returncode == 1
     assert "another m6t-helper is running" in second.stderr
     with HelperClient(world.helper_socket) as client:
-        assert client.call("version")["api"] == 1
+        assert call(client, "version")["api"] == 1
 
 
 def _as_user(uid: int, gid: int, path: str, calls: list[tuple[str, dict[str, Any]]]
@@ -281,10 +288,10 @@ def _as_user(uid: int, gid: int, path: str, calls: list[tuple[str, dict[str, Any
             with HelperClient(path) as client:
                 for method, params in calls:
                     try:
-                        out.append(["ok", client.call(method, **params)])
-                    except HelperError as exc:
+                        out.append(["ok", call(client, method, **params)])
+                    except ControlError as exc:
                         out.append([type(exc).__name__, str(exc)])
-        except HelperError as exc:
+        except ControlError as exc:
             out.append([type(exc).__name__, str(exc)])
         except BaseException as exc:
             out.append(["crash", repr(exc)])
@@ -310,7 +317,7 @@ def test_a_user_outside_the_group_gets_read_only(world: Lab) -> None:
     assert results[0][0] == "ok" and results[0][1]["access"] == "read-only"
     assert results[1][0] == "PermissionDenied" and "join group m6t" in results[1][1]
     with HelperClient(world.helper_socket) as client:
-        assert client.call("status")["tunnels"] == []
+        assert call(client, "status")["tunnels"] == []
 
 
 def test_group_members_may_connect_and_others_none_closes(lab: Lab) -> None:
@@ -404,13 +411,15 @@ def test_unfinished_line_and_connection_flood_are_bounded(lab: Lab) -> None:
         for s in flood:
             s.close()
     with HelperClient(lab.helper_socket) as client:
-        assert client.call("version")["api"] == 1
+        assert call(client, "version")["api"] == 1
     assert status(lab)["state"] == "connected"
 
 
 def test_helper_not_running_is_a_clear_error(tmp_path: Any) -> None:
-    with pytest.raises(HelperNotRunning, match="start m6t-helper"):
-        HelperClient(str(tmp_path / "absent.sock"))
+    path = str(tmp_path / "absent.sock")
+    with pytest.raises(HelperNotRunning, match="no socket at") as raised:
+        HelperClient(path)
+    assert raised.value.data.socket == path
 
 
 
