@@ -1,17 +1,20 @@
 """An in-process stand-in for m6t-helper that speaks the real control API over a real Unix
 socket, for unit tests of the clients (CLI, desktop app). Its tunnel state is scripted by the
-test; the protocol (framing, JSON-RPC, errors, events) is the real one.
+test; the protocol (framing, envelopes, errors, events) is the real one, from m6t.control.wire.
 
     with FakeHelper(tmp_path / "helper.sock") as helper:
-        helper.tunnels["office"] = {...TunnelStatus fields...}
-        helper.emit({"type": "state", ...})      # to every subscriber
-        helper.send_raw(b"garbage\\n")            # to every connection, for malformed-input tests
+        helper.tunnels["office"] = status_for(profile)   # TunnelStatus fields, as plain data
+        helper.handlers["probe"] = lambda params: ...     # a result, or raise a ControlError
+        helper.emit(StateEvent(...))                      # or a dict, to every subscriber
+        helper.send_raw(b"garbage\\n")                     # to every connection
+
+Results and events may be records or plain data: plain data goes out as it is, so a test can
+send what no real helper would (a wrong type, an unknown event).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import threading
 from collections.abc import Callable
@@ -20,28 +23,49 @@ from typing import Any
 
 import msgspec
 
-from m6t.control import schema
+from m6t.control import schema, wire
+from m6t.control.errors import (
+    ControlError,
+    ErrorData,
+    InvalidParams,
+    MethodNotFound,
+    NotFound,
+    PermissionDenied,
+)
+from m6t.protocol.constants import DEFAULT_TUNNEL_MTU
 
 Handler = Callable[[dict[str, Any]], Any]
+GROUP = "m6t"
 
 
-class RpcError(Exception):
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.data = code, message, data
+def RpcError(code: int, message: str, data: dict[str, Any] | None = None) -> ControlError:
+    """The ControlError for a (code, message, data) triple; kept for tests/desktop/test_app.py,
+    which raises errors by code. New tests raise the ControlError subclass itself."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return ControlError.from_wire(error)
 
 
 def status_for(profile: schema.Profile, state: str = "connected", cause: str = "port_race_won",
                name: str = "m6t0") -> dict[str, Any]:
     address = profile.prefix.replace("::/80", ":8d2e:41f0:977c")
     return msgspec.to_builtins(schema.TunnelStatus(
-        name=name, profile=profile.name, state=state, cause=cause,  # type: ignore[arg-type]
-        address=address, prefix=profile.prefix, suffix="8d2e:41f0:977c",
-        gateway=profile.gateway, gateway_address=profile.gateway, port=profile.ports[0],
-        home_agent=profile.home_agent,
-        mtu=profile.mtu if isinstance(profile.mtu, int) else 1472, rtt_ms=0.6, since=0.0,
-        history=[schema.AddressChange(address=address, previous=None, reason="connect", at=0.0)],
+        name=name, profile=profile.name, state=schema.TunnelState(state),
+        cause=schema.Cause(cause), address=address, prefix=profile.prefix,
+        suffix="8d2e:41f0:977c", gateway=profile.gateway, gateway_address=profile.gateway,
+        port=profile.ports[0], home_agent=profile.home_agent,
+        mtu=profile.mtu if isinstance(profile.mtu, int) else DEFAULT_TUNNEL_MTU, rtt_ms=0.6,
+        since=0.0,
+        history=[schema.AddressChange(address=address, previous=None,
+                                      reason=schema.AddressReason.CONNECT, at=0.0)],
         ports=[schema.PortProbe(port=p, reachable=True, rtt_ms=0.6) for p in profile.ports]))
+
+
+def _event_line(event: schema.Event | dict[str, Any]) -> bytes:
+    if isinstance(event, dict):
+        return msgspec.json.encode({"jsonrpc": "2.0", "method": "event", "params": event}) + b"\n"
+    return wire.encode_event(event)
 
 
 class FakeHelper:
@@ -87,24 +111,19 @@ class FakeHelper:
 
     # --- pushing things to clients ---
 
-    def emit(self, event: dict[str, Any]) -> None:
-        self._broadcast({"jsonrpc": "2.0", "method": "event", "params": event},
-                        self._subscribers)
+    def emit(self, event: schema.Event | dict[str, Any]) -> None:
+        """An event record (or plain data, sent as it is) to every subscriber."""
+        self._send(_event_line(event), self._subscribers)
 
     def send_raw(self, data: bytes) -> None:
-        with self._lock:
-            targets = list(self._connections)
-        for conn in targets:
-            with contextlib.suppress(OSError):
-                conn.sendall(data)
+        self._send(data, self._connections)
 
-    def _broadcast(self, message: dict[str, Any], targets: list[socket.socket]) -> None:
-        line = json.dumps(message).encode() + b"\n"
+    def _send(self, data: bytes, targets: list[socket.socket]) -> None:
         with self._lock:
             targets = list(targets)
         for conn in targets:
             with contextlib.suppress(OSError):
-                conn.sendall(line)
+                conn.sendall(data)
 
     # --- serving ---
 
@@ -121,12 +140,15 @@ class FakeHelper:
             self._threads.append(thread)
 
     def _serve(self, conn: socket.socket) -> None:
-        reader = conn.makefile("rb")
+        framer = wire.LineFramer()
         try:
-            for line in reader:
-                reply = self._answer(conn, line)
-                if reply is not None:
-                    conn.sendall(json.dumps(reply).encode() + b"\n")
+            while chunk := conn.recv(65536):
+                for line in framer.feed(chunk):
+                    if isinstance(line, wire.Oversize):
+                        return  # what the real helper does: it hangs up
+                    reply = self._answer(conn, line)
+                    if reply is not None:
+                        conn.sendall(reply)
         except OSError:
             pass
         finally:
@@ -134,50 +156,50 @@ class FakeHelper:
                 if conn in self._subscribers:
                     self._subscribers.remove(conn)
 
-    def _answer(self, conn: socket.socket, line: bytes) -> dict[str, Any] | None:
+    def _answer(self, conn: socket.socket, line: bytes) -> bytes | None:
         try:
-            request = msgspec.json.decode(line, type=schema.Request)
-        except msgspec.DecodeError as exc:
-            return {"jsonrpc": "2.0", "id": None,
-                    "error": {"code": schema.PARSE_ERROR, "message": str(exc)}}
+            request = wire.decode_request(line)
+        except wire.UnreadableRequest as exc:
+            return wire.encode_error(exc.request_id, exc.error)
         params = request.params if isinstance(request.params, dict) else {}
         self.calls.append((request.method, params))
         try:
             result = self._dispatch(conn, request.method, params)
-        except RpcError as exc:
-            error: dict[str, Any] = {"code": exc.code, "message": exc.message}
-            if exc.data is not None:
-                error["data"] = exc.data
-            return {"jsonrpc": "2.0", "id": request.id, "error": error}
+        except ControlError as exc:
+            return wire.encode_error(request.id, exc)
         if request.id is None:
             return None
-        return {"jsonrpc": "2.0", "id": request.id, "result": result}
+        return wire.encode_result(request.id, result)
+
+    def _not_found(self, name: Any) -> NotFound:
+        return NotFound(f"no tunnel for profile {name!r}", ErrorData(tunnels=sorted(self.tunnels)))
 
     def _dispatch(self, conn: socket.socket, method: str, params: dict[str, Any]) -> Any:
         if method in self.handlers:
             return self.handlers[method](params)
-        access = "read-only" if self.read_only else "read-write"
+        access = schema.Access.READ_ONLY if self.read_only else schema.Access.READ_WRITE
         if method == "version":
-            return {"version": "0.1.0", "api": schema.API_VERSION}
+            return schema.VersionResult(version="0.1.0", api=schema.API_VERSION)
         if method in ("status", "subscribe"):
             if method == "subscribe":
                 with self._lock:
                     self._subscribers.append(conn)
             return {"tunnels": list(self.tunnels.values()), "access": access}
-        if method not in ("connect", "disconnect", "probe", "probe_mtu", "set_mtu", "regenerate"):
-            raise RpcError(schema.METHOD_NOT_FOUND, f"unknown method {method!r}")
+        if method not in schema.METHODS:
+            raise MethodNotFound(f"unknown method {method!r}")
         if self.read_only:
-            raise RpcError(schema.PERMISSION_DENIED, "permission denied: join group m6t")
+            raise PermissionDenied(f"permission denied: join group {GROUP}",
+                                   ErrorData(group=GROUP))
         if method in ("connect", "probe"):
             try:
                 profile = schema.profile_from_dict(params.get("profile"))
             except schema.ProfileError as exc:
-                raise RpcError(schema.INVALID_PARAMS, str(exc),
-                               {"field": f"profile.{exc.field}"}) from None
+                raise InvalidParams(str(exc), ErrorData(field=f"profile.{exc.field}")) from None
             if method == "probe":
-                return {"gateway_address": profile.gateway,
-                        "ports": [{"port": p, "reachable": True, "rtt_ms": 0.5, "error": None}
-                                  for p in profile.ports]}
+                return schema.ProbeResult(
+                    gateway_address=profile.gateway,
+                    ports=[schema.PortProbe(port=p, reachable=True, rtt_ms=0.5)
+                           for p in profile.ports])
             self.tunnels[profile.name] = status_for(profile)
             return self.tunnels[profile.name]
         if method == "disconnect":
@@ -185,15 +207,17 @@ class FakeHelper:
             names = [name] if name else list(self.tunnels)
             for each in names:
                 if each not in self.tunnels:
-                    raise RpcError(schema.NOT_FOUND, f"no tunnel for profile {each!r}")
+                    raise self._not_found(each)
                 del self.tunnels[each]
-            return {"disconnected": names}
+            return schema.DisconnectResult(disconnected=names)
         name = params.get("profile")
         if name not in self.tunnels:
-            raise RpcError(schema.NOT_FOUND, f"no tunnel for profile {name!r}")
+            raise self._not_found(name)
         if method == "probe_mtu":
-            return {"mtu": 1472, "fragments_pass": True, "ipv4_path_mtu": 1500,
-                    "tried": [1280, 1472, 2000], "answered": [1280, 1472, 2000]}
+            return schema.MtuReport(mtu=1472, fragments_pass=True, ipv4_path_mtu=1500,
+                                    tried=[1280, 1472, 2000], answered=[1280, 1472, 2000])
         if method == "set_mtu":
-            self.tunnels[name]["mtu"] = params.get("mtu")
+            # Like the real helper, "auto" comes back as the MTU it chose.
+            mtu = params.get("mtu")
+            self.tunnels[name]["mtu"] = DEFAULT_TUNNEL_MTU if mtu == "auto" else mtu
         return self.tunnels[name]
