@@ -4,6 +4,7 @@ to the helper, and that every failure is one line on stderr that says what to do
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import json
 import os
@@ -20,19 +21,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from m6t import cli, profiles
+from m6t.cli.errors import control_error_line
+from m6t.cli.render import ADDRESS_REASON_WORDS, CAUSE_WORDS, MTU_REASON_WORDS
 from m6t.control import schema
 from m6t.control.client import HelperClient
-from m6t.profiles import ProfileBook
-from m6t.protocol.addressing import (
-    TunnelPrefix,
-    ntp_timestamp,
-    rfc4193_global_id,
-    ula_prefix,
+from m6t.control.errors import (
+    BadReply,
+    Conflict,
+    ConnectionLost,
+    ControlError,
+    ErrorData,
+    HelperNotRunning,
+    InternalError,
+    InvalidParams,
+    MethodNotFound,
+    NotFound,
+    PermissionDenied,
+    TimedOut,
+    Unavailable,
 )
-from tests.fake_helper import FakeHelper, RpcError, status_for
+from m6t.control.schema import AddressReason, Cause, MtuReason
+from m6t.profiles import ProfileBook
+from m6t.protocol.addressing import TunnelPrefix
+from tests.fake_helper import FakeHelper, status_for
 
 OFFICE = schema.Profile(name="office", gateway="198.51.100.1", ports=[3544, 4500],
                         prefix="fd6d:6d74:1:1:1::/80", home_agent="fd48:4100::2")
@@ -377,8 +392,8 @@ def test_read_only_helper_says_to_join_the_group(
 def test_the_helpers_own_permission_message_gets_the_command_for_its_group(
         helper: FakeHelper, m6t: Callable[..., Run]) -> None:
     def refuse(params: dict[str, Any]) -> Any:
-        raise RpcError(schema.PERMISSION_DENIED, "permission denied: regenerate needs root or "
-                                                 "membership of group netdev (join group netdev)")
+        raise PermissionDenied("permission denied: regenerate needs root or membership of "
+                               "group netdev (join group netdev)", ErrorData(group="netdev"))
     helper.handlers["regenerate"] = refuse
     run = m6t("regenerate", "office")
     assert (run.code, run.error) == (
@@ -401,8 +416,8 @@ def test_a_refused_socket_connection_says_to_join_the_group(
 def test_invalid_params_from_the_helper_name_the_field(
         helper: FakeHelper, m6t: Callable[..., Run]) -> None:
     def refuse(params: dict[str, Any]) -> Any:
-        raise RpcError(schema.INVALID_PARAMS, "mtu: 9000 is larger than the route allows",
-                       {"field": "profile.mtu"})
+        raise InvalidParams("mtu: 9000 is larger than the route allows",
+                            ErrorData(field="profile.mtu"))
     helper.handlers["connect"] = refuse
     run = m6t("connect", *OFFICE_OPTIONS, "--mtu", "9000")
     assert (run.code, run.error) == (
@@ -410,27 +425,26 @@ def test_invalid_params_from_the_helper_name_the_field(
 
 
 @pytest.mark.parametrize(
-    ("code", "message", "expected"),
+    ("error", "expected"),
     [
-        (schema.UNAVAILABLE, "no IPv4 route to 198.51.100.1",
+        (Unavailable("no IPv4 route to 198.51.100.1"),
          "m6t: unavailable: no IPv4 route to 198.51.100.1"),
-        (schema.UNAVAILABLE, "cannot resolve gw.example.net: [Errno -2] Name or service not known",
+        (Unavailable("cannot resolve gw.example.net: [Errno -2] Name or service not known",
+                     ErrorData(cause=Cause.RESOLVE_FAILED)),
          "m6t: unavailable: cannot resolve gw.example.net: [Errno -2] Name or service not known: "
          "check the gateway's name, and DNS"),
-        (schema.CONFLICT, "a probe is already running",
-         "m6t: conflict: a probe is already running"),
-        (schema.INTERNAL_ERROR, "KeyError: 'x'",
+        (Conflict("a probe is already running"), "m6t: conflict: a probe is already running"),
+        (InternalError("KeyError: 'x'"),
          "m6t: the helper failed: KeyError: 'x' (a bug in m6t-helper: please report it; its "
          "tunnels keep running)"),
-        (-32099, "something new", "m6t: helper error -32099: something new"),
+        (ControlError("something new", code=-32099), "m6t: helper error -32099: something new"),
     ],
     ids=["unavailable", "unavailable_with_cause", "conflict", "internal", "unknown_code"],
 )
 def test_other_helper_errors_are_one_line(helper: FakeHelper, m6t: Callable[..., Run],
-                                          code: int, message: str, expected: str) -> None:
+                                          error: ControlError, expected: str) -> None:
     def fail(params: dict[str, Any]) -> Any:
-        cause = "resolve_failed" if message.startswith("cannot resolve") else None
-        raise RpcError(code, message, {"cause": cause} if cause else None)
+        raise error
     helper.handlers["probe"] = fail
     run = m6t("probe", *OFFICE_OPTIONS)
     assert (run.code, run.error) == (1, expected)
@@ -443,6 +457,49 @@ def test_a_helper_that_answers_garbage_is_reported_not_a_traceback(
     assert run.code == 1
     assert run.error.startswith("m6t: the helper sent a malformed message (")
     assert run.error.endswith(f"is {helper.path} an m6t-helper socket?")
+
+
+def test_a_path_that_cannot_be_a_socket_says_to_check_the_option(
+        tmp_path: Path, m6t: Callable[..., Run]) -> None:
+    (tmp_path / "file").write_text("")
+    path = tmp_path / "file" / "helper.sock"  # connect(2) fails with ENOTDIR
+    run = m6t("--socket", str(path), "status")
+    assert (run.code, run.error) == (
+        1, f"m6t: {path} is not a helper socket: check --socket or M6T_SOCKET")
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (ConnectionLost("the helper closed the connection (was it stopped or restarted?)"),
+         "the helper closed the connection (was it stopped or restarted?)"),
+        (HelperNotRunning("no socket at /run/x.sock", ErrorData(socket="/run/x.sock")),
+         "helper not running: start m6t-helper (no socket at /run/x.sock)"),
+        (TimedOut("the helper did not answer in time"),
+         "the helper did not answer in time: is it stuck? (journalctl -u m6t-helper)"),
+        (BadReply("a line longer than 65536 bytes", ErrorData(socket="/run/x.sock")),
+         "the helper sent a malformed message (a line longer than 65536 bytes): is /run/x.sock "
+         "an m6t-helper socket?"),
+        (PermissionDenied("permission denied: join group wheel (connect needs root or "
+                          "membership of that group)", ErrorData(group="wheel")),
+         "permission denied: join group wheel (connect needs root or membership of that "
+         "group); sudo usermod -aG wheel $USER, then log in again"),
+        (InvalidParams("invalid params: Expected `float`, got `str`"),
+         "the helper refused the request: invalid params: Expected `float`, got `str`"),
+        (InvalidParams("timeout must be 0.2-30 s", ErrorData(field="timeout")),
+         "the helper refused timeout: timeout must be 0.2-30 s"),
+        (Unavailable("no IPv4 route to 198.51.100.1", ErrorData(cause=Cause.NO_IPV4_NETWORK)),
+         "unavailable: no IPv4 route to 198.51.100.1: connect this machine to an IPv4 network "
+         "first"),
+        (MethodNotFound("unknown method 'frobnicate'"),
+         "helper error -32601: unknown method 'frobnicate'"),
+    ],
+    ids=["connection_lost", "not_running", "timed_out", "bad_reply", "permission_denied",
+         "invalid_params", "invalid_params_field", "unavailable_no_ipv4", "method_not_found"],
+)
+def test_each_control_error_is_said_from_its_class_and_data(
+        error: ControlError, expected: str) -> None:
+    assert control_error_line(error) == expected
 
 
 def test_usage_errors_are_one_line_with_status_2(
@@ -496,10 +553,16 @@ def test_a_command_on_a_missing_tunnel_lists_the_tunnels_that_are_up(
     helper.tunnels["lab"] = connected(LAB, name="m6t1")
 
     def not_found_as_the_real_helper_says_it(params: dict[str, Any]) -> Any:
-        raise RpcError(schema.NOT_FOUND, "no tunnel for profile 'home' (connected: lab, office)")
+        raise NotFound("no tunnel for profile 'home' (connected: lab, office)",
+                       ErrorData(tunnels=["lab", "office"]))
     helper.handlers["regenerate"] = not_found_as_the_real_helper_says_it
     run = m6t("regenerate", "home")
-    assert run.error == "m6t: no tunnel for profile 'home' (tunnels up: office, lab)"
+    assert run.error == "m6t: no tunnel for profile 'home' (tunnels up: lab, office)"
+
+    def not_found_without_the_tunnels(params: dict[str, Any]) -> Any:
+        raise NotFound("no tunnel for profile 'home'")
+    helper.handlers["regenerate"] = not_found_without_the_tunnels
+    assert m6t("regenerate", "home").error == "m6t: no tunnel for profile 'home'"
 
 
 def test_probe_prints_a_table_of_ports(
@@ -560,8 +623,9 @@ def test_set_mtu_sends_a_number_or_auto_and_checks_the_range_first(
     helper.tunnels["office"] = connected()
     assert m6t("set-mtu", "office", "1400").out == "office: MTU 1400\n"
     assert helper.calls[-1] == ("set_mtu", {"profile": "office", "mtu": 1400})
-    assert json.loads(m6t("set-mtu", "--json", "office", "auto").out)["mtu"] == "auto"
+    assert m6t("set-mtu", "office", "auto").out == "office: MTU 1472 (auto)\n"
     assert helper.calls[-1] == ("set_mtu", {"profile": "office", "mtu": "auto"})
+    assert json.loads(m6t("set-mtu", "--json", "office", "1400").out)["mtu"] == 1400
     calls = len(helper.calls)
     run = m6t("set-mtu", "office", "1279")
     assert (run.code, run.error) == (2, "m6t: invalid MTU: 1279 is outside 1280-65507 (IPv6 "
@@ -575,7 +639,7 @@ def test_regenerate_prints_the_new_address_and_the_old_one(
     old = "fd6d:6d74:1:1:1:8d2e:41f0:977c"
     helper.tunnels["office"] = connected()
     helper.handlers["regenerate"] = lambda params: connected(
-        address=new, suffix="aaaa:bbbb:cccc", cause="address_regenerated",
+        address=new, suffix="aaaa:bbbb:cccc", cause="user_request",
         history=[{"address": old, "previous": None, "reason": "connect", "at": 1.0},
                  {"address": new, "previous": old, "reason": "user_request", "at": 2.0}])
     run = m6t("regenerate", "office")
@@ -628,7 +692,7 @@ def test_watch_prints_the_state_then_each_event_as_a_json_line(
     assert err == ""
     assert [json.loads(line) for line in out.splitlines()] == [
         {"type": "state", "tunnel": "m6t0", "profile": "office", "state": "connected",
-         "cause": "port_race_won", "status": helper.tunnels["office"]},
+         "cause": "port_race_won", "status": helper.tunnels["office"], "message": None},
         ADDRESS_EVENT, MTU_EVENT, REMOVED_EVENT]
 
 
@@ -654,8 +718,8 @@ def test_watch_text_prints_short_lines(
 
 def test_watch_ends_quietly_on_ctrl_c(
         helper: FakeHelper, monkeypatch: pytest.MonkeyPatch, m6t: Callable[..., Run]) -> None:
-    def events_then_ctrl_c(self: HelperClient) -> Iterator[dict[str, Any]]:
-        yield REMOVED_EVENT
+    def events_then_ctrl_c(self: HelperClient) -> Iterator[schema.Event]:
+        yield msgspec.convert(REMOVED_EVENT, schema.RemovedEvent)
         raise KeyboardInterrupt
     monkeypatch.setattr(HelperClient, "events", events_then_ctrl_c)
     run = m6t("watch")
@@ -682,6 +746,22 @@ def test_watch_reports_a_malformed_event_line(
     err = capsys.readouterr().err
     assert err.startswith("m6t: the helper sent a malformed message (")
     assert err.count("\n") == 1
+
+
+# --- words ---
+
+
+@pytest.mark.parametrize(
+    ("members", "words"),
+    [(Cause, CAUSE_WORDS), (AddressReason, ADDRESS_REASON_WORDS),
+     (MtuReason, MTU_REASON_WORDS)],
+    ids=["cause", "address_reason", "mtu_reason"],
+)
+def test_every_cause_and_reason_of_the_api_has_words(
+        members: type[enum.Enum], words: dict[Any, str]) -> None:
+    # A member added to the API without words here would reach users as a bare identifier.
+    assert set(words) == set(members)
+    assert all(text and "_" not in text for text in words.values())
 
 
 # --- prefix new ---
@@ -728,33 +808,6 @@ def test_prefix_new_on_a_given_site(m6t: Callable[..., Run]) -> None:
 def test_prefix_new_rejects(m6t: Callable[..., Run], argv: list[str], expected: str) -> None:
     run = m6t("prefix", "new", *argv)
     assert (run.code, run.error) == (2, expected)
-
-
-def test_site_prefix_follows_rfc4193_from_the_time_and_the_first_mac(tmp_path: Path) -> None:
-    for name, address in (("lo", "00:00:00:00:00:00"), ("eth0", "02:fc:00:00:00:01"),
-                          ("wlan0", "9a:9b:9c:ea:e4:2b")):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "address").write_text(address + "\n")
-    # 2024-01-01T00:00:00.5Z; NTP seconds since 1900 in the high 32 bits, fraction below.
-    now = 1704067200.5
-    ntp = (1704067200 + 2208988800) << 32 | 1 << 31
-    assert ntp_timestamp(now) == ntp
-    eui64 = bytes.fromhex("00fc00fffe000001")  # RFC 4291 appendix A: U/L flipped, FFFE inserted
-    assert cli.machine_mac(tmp_path) == bytes.fromhex("02fc00000001")
-    assert cli.machine_site_prefix(now, tmp_path) == ula_prefix(rfc4193_global_id(ntp, eui64))
-
-
-def test_site_prefix_without_a_mac_uses_random_bytes(tmp_path: Path) -> None:
-    (tmp_path / "lo").mkdir()
-    (tmp_path / "lo" / "address").write_text("00:00:00:00:00:00\n")
-    assert cli.machine_mac(tmp_path) is None
-    assert cli.machine_mac(tmp_path / "missing") is None
-    sites = {cli.machine_site_prefix(1704067200.5, tmp_path) for _ in range(4)}
-    assert len(sites) == 4  # same time, no MAC: only the random EUI-64 differs
-
-
-def test_ntp_timestamp_wraps_into_era_1_after_2036() -> None:
-    assert ntp_timestamp(2085978496.0) == 0  # 2036-02-07T06:28:16Z: NTP era 1 begins
 
 
 # --- profiles ---
