@@ -1,11 +1,14 @@
 """The m6t-gateway packet loop: UDP listeners <-> state table <-> TUN.
 
 One thread moves packets (epoll, batches per wake-up, one clock read per batch); the protocol
-core decides; prometheus_client serves a snapshot from its own thread.
+core decides; prometheus_client serves a snapshot from its own thread. Set-up gets its
+descriptors and namespace changes from a `GatewayIO` (the real Linux adapters unless a test
+passes the fakes of m6t.linux.tuntest); the packet loop works on what those return.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -13,7 +16,10 @@ import select
 import signal
 import socket
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import start_http_server
 from prometheus_client.registry import CollectorRegistry
@@ -22,7 +28,7 @@ from m6t.gateway.config import ConfigError, GatewayConfig, load_config
 from m6t.gateway.metrics import GatewayCollector, Snapshot
 from m6t.linux import systemd
 from m6t.linux.netlink import ChangeLog, Netlink, write_sysctl
-from m6t.linux.tun import TunDevice
+from m6t.linux.tun import PacketDevice, TunDevice
 from m6t.linux.udp import (
     EARLIER_DATAGRAM_ERRORS,
     UdpGso,
@@ -32,7 +38,7 @@ from m6t.linux.udp import (
     read_icmp_errors,
     send_datagram,
 )
-from m6t.protocol.gateway import FORWARD, Gateway, Reply
+from m6t.protocol.gateway import FORWARD, Gateway, Reply, pack_peer, unpack_peer
 from m6t.protocol.packets import check_ipv6
 
 log = logging.getLogger("m6t.gateway")
@@ -42,10 +48,49 @@ MAX_PEER_CACHE = 65_536
 _FORWARDING = "net/ipv6/conf/all/forwarding"
 
 
+class Routing(Protocol):
+    """What the gateway changes in its network namespace: the route of the client prefix into
+    the TUN device, and the IPv6 forwarding sysctl."""
+
+    def add_route(self, destination: str, ifname: str) -> object: ...
+    def delete_route(self, destination: str, ifname: str) -> object: ...
+    def read_sysctl(self, name: str) -> str: ...
+    def write_sysctl(self, name: str, value: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class LinuxRouting(Netlink):
+    """Netlink, plus the sysctls of the same network namespace under /proc/sys."""
+
+    def read_sysctl(self, name: str) -> str:
+        return Path("/proc/sys", name).read_text().strip()
+
+    def write_sysctl(self, name: str, value: str) -> None:
+        write_sysctl(name, value)
+
+
+def _open_listener(endpoint: tuple[str, int]) -> socket.socket:
+    return open_tunnel_socket(bind=endpoint)
+
+
+@dataclass(frozen=True)
+class GatewayIO:
+    """Where the daemon's devices, sockets and namespace changes come from: the real Linux
+    adapters by default; m6t.linux.tuntest's fakes in tests, which then run the real loop
+    without root. Only set-up, reload and teardown call these."""
+
+    open_tun: Callable[[str, int], PacketDevice] = TunDevice  # (name, mtu), up
+    open_listener: Callable[[tuple[str, int]], socket.socket] = _open_listener  # UDP, bound
+    open_icmp_listener: Callable[[], socket.socket] = open_fragmentation_needed_listener
+    open_routing: Callable[[], Routing] = LinuxRouting
+
+
 class GatewayDaemon:
-    def __init__(self, config: GatewayConfig, config_path: Path | None = None) -> None:
+    def __init__(self, config: GatewayConfig, config_path: Path | None = None,
+                 io: GatewayIO | None = None) -> None:
         self.config = config
         self.config_path = config_path
+        self.io = io or GatewayIO()
         self.gateway = Gateway(config.policy)
         self.changes = ChangeLog()
         self.listeners: list[socket.socket | None] = []
@@ -59,6 +104,7 @@ class GatewayDaemon:
         self._gso = UdpGso(on_error=self._send_failed)
         self._stop = False
         self._reload = False
+        self._wake_write: socket.socket | None = None
 
     # --- set-up and teardown ---------------------------------------------------------------------
 
@@ -70,22 +116,27 @@ class GatewayDaemon:
             raise
 
     def _setup(self) -> None:
-        config = self.config
-        self.netlink = Netlink()
-        self.changes.record("close netlink", self.netlink.close)
+        config, io = self.config, self.io
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+        self._wake_write.setblocking(False)
+        self.changes.record("close wake-up sockets", self._close_wake_up)
+        self.routing = io.open_routing()
+        self.changes.record("close netlink", self.routing.close)
         # Leftover of a crashed run in this namespace (a persistent device cannot be, but a
         # route to a stale device name can): the TUN name must be ours.
-        self.tun = TunDevice(config.tun, config.policy.mtu)
+        self.tun = io.open_tun(config.tun, config.policy.mtu)
         self.changes.record(f"delete {config.tun}", self.tun.close)
         prefix = str(config.policy.client_prefix)
-        self.netlink.add_route(prefix, self.tun.name)
+        self.routing.add_route(prefix, self.tun.name)
         self.changes.record(f"route {prefix}",
-                            lambda: self.netlink.delete_route(prefix, self.tun.name))
-        previous = Path("/proc/sys", _FORWARDING).read_text().strip()
-        write_sysctl(_FORWARDING, "1")
-        self.changes.record("restore forwarding", lambda: write_sysctl(_FORWARDING, previous))
+                            lambda: self.routing.delete_route(prefix, self.tun.name))
+        previous = self.routing.read_sysctl(_FORWARDING)
+        self.routing.write_sysctl(_FORWARDING, "1")
+        self.changes.record("restore forwarding",
+                            lambda: self.routing.write_sysctl(_FORWARDING, previous))
         self._open_listeners(config.listen)
-        self.icmp = open_fragmentation_needed_listener()
+        self.icmp = io.open_icmp_listener()
         self.changes.record("close ICMP listener", self.icmp.close)
         if config.metrics_listen:
             registry = CollectorRegistry()
@@ -101,7 +152,7 @@ class GatewayDaemon:
     def _open_listeners(self, endpoints: tuple[tuple[str, int], ...]) -> None:
         for endpoint in endpoints:
             try:
-                sock = open_tunnel_socket(bind=endpoint)
+                sock = self.io.open_listener(endpoint)
             except OSError as exc:
                 raise OSError(exc.errno, f"cannot listen on {endpoint[0]}:{endpoint[1]}: "
                                          f"{exc.strerror}") from None
@@ -115,6 +166,12 @@ class GatewayDaemon:
                 sock.close()
         self.listeners = []
         self._peers = []
+
+    def _close_wake_up(self) -> None:
+        wake_write, self._wake_write = self._wake_write, None
+        if wake_write is not None:
+            wake_write.close()
+        self._wake_read.close()
 
     def teardown(self) -> None:
         self.changes.undo()
@@ -158,7 +215,7 @@ class GatewayDaemon:
         for endpoint in new.listen:
             if endpoint not in current:
                 try:
-                    sock = open_tunnel_socket(bind=endpoint)
+                    sock = self.io.open_listener(endpoint)
                 except OSError as exc:
                     log.error("reload: cannot listen on %s:%d: %s", *endpoint, exc.strerror)
                     continue
@@ -190,13 +247,34 @@ class GatewayDaemon:
         else:
             self._stop = True
 
-    def run(self) -> None:
-        wake_read, wake_write = socket.socketpair()
-        wake_read.setblocking(False)
-        wake_write.setblocking(False)
-        signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self._on_signal)
+    def stop(self) -> None:
+        """What SIGTERM does, from any thread: run() returns (teardown is the caller's)."""
+        self._stop = True
+        self._wake()
+
+    def request_reload(self) -> None:
+        """What SIGHUP does, from any thread: the loop reloads at its next wake-up."""
+        self._reload = True
+        self._wake()
+
+    def _wake(self) -> None:
+        wake_write = self._wake_write
+        if wake_write is None:
+            return  # not set up: run() sees the flag before it first waits
+        # Full: a wake-up is pending anyway. Closed: the loop is gone.
+        with contextlib.suppress(OSError):
+            wake_write.send(b"\0")
+
+    def run(self, handle_signals: bool = True) -> None:
+        """Move packets until SIGTERM or SIGINT, reload on SIGHUP. With handle_signals=False
+        (a loop in a thread other than the main one, as in tests) the process's signals are
+        left alone, and stop() and request_reload() are the way in."""
+        wake_read, wake_write = self._wake_read, self._wake_write
+        assert wake_write is not None, "run() after setup()"
+        if handle_signals:
+            signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, self._on_signal)
         self._poll = select.epoll()
         self._by_fd: dict[int, int] = {}
         tun_fd = self.tun.fileno()
@@ -242,10 +320,9 @@ class GatewayDaemon:
                     gateway.expire(now)
             systemd.notify("STOPPING=1")  # SIGTERM or SIGINT: teardown follows
         finally:
-            signal.set_wakeup_fd(-1)
+            if handle_signals:
+                signal.set_wakeup_fd(-1)
             self._poll.close()
-            wake_read.close()
-            wake_write.close()
 
     def _from_clients(self, index: int, now: float) -> None:
         sock = self.listeners[index]
@@ -301,7 +378,7 @@ class GatewayDaemon:
         peers = self._peers[index]
         if len(peers) >= MAX_PEER_CACHE:
             peers.clear()
-        peer = int.from_bytes(socket.inet_aton(address[0]), "big") << 24 | address[1] << 8 | index
+        peer = pack_peer(socket.inet_aton(address[0]), address[1], index)
         peers[address] = peer
         return peer
 
@@ -310,7 +387,7 @@ class GatewayDaemon:
         read, tun_write = self.tun.read, self.tun.write
         send = self._gso.send
         listeners = self.listeners
-        ntoa = socket.inet_ntoa
+        ntoa, unpack = socket.inet_ntoa, unpack_peer
         last_peer = -1
         target: tuple[str, int] = ("", 0)
         sock: socket.socket | None = None
@@ -342,8 +419,9 @@ class GatewayDaemon:
                         octets += sent_octets
                         later = []
                     last_peer = decision
-                    target = (ntoa((decision >> 24).to_bytes(4, "big")), decision >> 8 & 0xFFFF)
-                    sock = listeners[decision & 0xFF]
+                    ipv4, port, index = unpack(decision)
+                    target = (ntoa(ipv4), port)
+                    sock = listeners[index]
                 if sock is None:
                     continue  # its listener was removed by a reload; the state will age out
                 if later is None:
@@ -373,8 +451,8 @@ class GatewayDaemon:
             if index is None:
                 continue
             host, port = error.remote
-            peer = int.from_bytes(socket.inet_aton(host), "big") << 24 | port << 8 | index
-            lowered = self.gateway.lower_client_mtu(peer, error.mtu)
+            lowered = self.gateway.lower_client_mtu(pack_peer(socket.inet_aton(host), port, index),
+                                                    error.mtu)
             if lowered is not None:
                 self.mtu_lowered += 1
                 log.info("path MTU to %s:%d is %d: tunnel MTU %d for that client",

@@ -10,9 +10,11 @@ import pytun
 
 
 class PacketDevice(Protocol):
-    """What a daemon needs from a TUN device; tests substitute an in-memory fake."""
+    """What a daemon needs from a TUN device. Tests substitute m6t.linux.tuntest.ChannelTun,
+    whose descriptor reads and writes packet by packet like this one's."""
 
     name: str
+    mtu: int
 
     def fileno(self) -> int: ...
     def read(self) -> bytes | None: ...
