@@ -15,7 +15,6 @@ from PySide6.QtWidgets import (
     QAbstractScrollArea,
     QComboBox,
     QFormLayout,
-    QFrame,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
@@ -29,6 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from m6t_desktop.app_state import AppState
+from m6t_desktop.banner import Banner
 from m6t_desktop.client import Link
 from m6t_desktop.controller import Controller
 from m6t_desktop.icons import app_icon, state_icon
@@ -45,8 +45,6 @@ from m6t_desktop.wording import (
 )
 
 SUFFIX_COLOUR = "#B3541E"
-BANNER_COLOURS = {"error": ("#FDECEA", "#8C1D18"), "warning": ("#FFF4D6", "#6B4E00"),
-                  "info": ("#E8F1FD", "#0F3E7A")}
 
 
 def _table(model: object) -> QTableView:
@@ -77,37 +75,6 @@ def since_text(since: float, now: float) -> str:
     else:
         ago = f"{minutes // (24 * 60)} days ago"
     return f"{date_clock_text(since)}, {ago}"
-
-
-class Banner(QFrame):
-    """A coloured box with a bold title and advice that can be selected (commands to copy)."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setFrameShape(QFrame.Shape.StyledPanel)
-        self.title = QLabel()
-        self.title.setWordWrap(True)
-        font = self.title.font()
-        font.setBold(True)
-        self.title.setFont(font)
-        self.advice = QLabel()
-        self.advice.setWordWrap(True)
-        self.advice.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(10, 6, 10, 6)
-        layout.addWidget(self.title)
-        layout.addWidget(self.advice)
-        self.hide()
-
-    def show_message(self, title: str, advice: str, level: str) -> None:
-        background, foreground = BANNER_COLOURS[level]
-        self.setStyleSheet(f"Banner {{ background: {background}; border: 1px solid "
-                           f"{foreground}; border-radius: 4px; }} QLabel {{ color: {foreground};"
-                           " background: transparent; border: none; }")
-        self.title.setText(title)
-        self.advice.setText(advice)
-        self.advice.setVisible(bool(advice))
-        self.show()
 
 
 class StatusWindow(QMainWindow):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,9 +15,12 @@ from PySide6.QtCore import QCoreApplication, QEvent
 from pytestqt.qtbot import QtBot
 
 from m6t import profiles
-from m6t.control.schema import Profile
-from m6t.protocol.addressing import TunnelPrefix, rfc4193_global_id, ula_prefix
-from m6t_desktop.profiles_editor import Draft, ProfilesEditor, generate_prefix, ntp_timestamp
+from m6t.control.schema import Profile, ProfileError
+from m6t.protocol.addressing import AddressingError, TunnelPrefix, ula_prefix
+from m6t_desktop import prefix_generation
+from m6t_desktop.prefix_generation import compose_prefix, generate_prefix
+from m6t_desktop.profile_drafts import Draft, DraftSet
+from m6t_desktop.profiles_editor import ProfilesEditor
 from m6t_desktop.profiles_store import ProfilesStore
 from tests.desktop.conftest import HOME, OFFICE
 
@@ -81,13 +85,13 @@ def names(editor: ProfilesEditor) -> list[str]:
 def test_field_shows_its_reason_as_you_type(editor: ProfilesEditor, field: str, text: str,
                                             reason: str) -> None:
     editor.list.setCurrentRow(0)  # office
-    editor.set_field(field, text)
-    shown = editor.reason(field)
+    editor.form.set_field(field, text)
+    shown = editor.form.reason(field)
     assert shown is not None and reason in shown
-    assert editor.edits[field].property("invalid") is True
+    assert editor.form.edits[field].property("invalid") is True
     assert not editor.save_button.isEnabled()
     assert reason in editor.save_button.toolTip()
-    others = {name for name, row in editor.rows.items() if not row.reason.isHidden()}
+    others = {name for name, row in editor.form.rows.items() if not row.reason.isHidden()}
     assert others == {field}  # only the field typed into complains
 
 
@@ -98,96 +102,125 @@ def test_field_shows_its_reason_as_you_type(editor: ProfilesEditor, field: str, 
 ])
 def test_valid_values_show_no_reason(editor: ProfilesEditor, field: str, text: str) -> None:
     editor.list.setCurrentRow(0)
-    editor.set_field(field, text)
-    assert editor.reason(field) is None
-    assert editor.edits[field].property("invalid") is False
+    editor.form.set_field(field, text)
+    assert editor.form.reason(field) is None
+    assert editor.form.edits[field].property("invalid") is False
     assert editor.save_button.isEnabled()
 
 
 def test_fixing_a_field_clears_its_reason(editor: ProfilesEditor) -> None:
     editor.list.setCurrentRow(0)
-    editor.set_field("ports", "3544, 99999")
-    assert editor.reason("ports") is not None
-    editor.set_field("ports", "3544, 9999")
-    assert editor.reason("ports") is None
+    editor.form.set_field("ports", "3544, 99999")
+    assert editor.form.reason("ports") is not None
+    editor.form.set_field("ports", "3544, 9999")
+    assert editor.form.reason("ports") is None
     assert editor.save_button.isEnabled()
 
 
 def test_changing_the_prefix_rechecks_the_home_agent(editor: ProfilesEditor) -> None:
     editor.list.setCurrentRow(0)
-    editor.set_field("home_agent", "fd00:1:2:3:4::9")
-    assert editor.reason("home_agent") is None
-    editor.set_field("prefix", "fd00:1:2:3:4::/80")
-    assert editor.reason("home_agent") == "cannot be inside the tunnel prefix"
+    editor.form.set_field("home_agent", "fd00:1:2:3:4::9")
+    assert editor.form.reason("home_agent") is None
+    editor.form.set_field("prefix", "fd00:1:2:3:4::/80")
+    assert editor.form.reason("home_agent") == "cannot be inside the tunnel prefix"
 
 
 def test_route_list_is_validated_only_when_chosen(editor: ProfilesEditor) -> None:
     editor.list.setCurrentRow(0)
-    editor.set_field("routes", "not a prefix")
-    assert editor.reason("routes") is None  # "the home agent only": the list is not used
-    editor.routes_mode.setCurrentIndex(2)
-    assert editor.reason("routes") is not None and "'not'" in editor.reason("routes")
-    editor.set_field("routes", "fd48:4100::/48, 2001:db8::/32")
-    assert editor.reason("routes") is None
-    assert editor.book().get("office").routes == ["fd48:4100::/48", "2001:db8::/32"]
+    editor.form.set_field("routes", "not a prefix")
+    assert editor.form.reason("routes") is None  # "the home agent only": the list is not used
+    editor.form.routes_mode.setCurrentIndex(2)
+    assert editor.form.reason("routes") is not None and "'not'" in editor.form.reason("routes")
+    editor.form.set_field("routes", "fd48:4100::/48, 2001:db8::/32")
+    assert editor.form.reason("routes") is None
+    assert editor.drafts.book().get("office").routes == ["fd48:4100::/48", "2001:db8::/32"]
 
 
 def test_a_new_profile_lists_what_is_missing(editor: ProfilesEditor) -> None:
     editor.add_profile()
     assert names(editor)[-1] == "profile 3"
     for field in ("gateway", "prefix", "home_agent"):
-        assert editor.reason(field) is not None, field
-    assert editor.reason("ports") is None  # 3544, 4500 by default
+        assert editor.form.reason(field) is not None, field
+    assert editor.form.reason("ports") is None  # 3544, 4500 by default
     assert not editor.save_button.isEnabled()
 
 
 # --- the /80 ---
 
 
-def test_ntp_timestamp_format() -> None:
-    assert ntp_timestamp(0.0) == 2_208_988_800 << 32
-    assert ntp_timestamp(1.5) == (2_208_988_801 << 32) | (1 << 31)
+MAC = bytes.fromhex("001122334455")
+EUI64 = bytes.fromhex("021122fffe334455")  # FFFE in the middle, the U/L bit flipped
 
 
-def test_generated_prefix_follows_rfc_4193() -> None:
-    eui64 = bytes.fromhex("0211 22ff fe33 4455".replace(" ", ""))
-    prefix = generate_prefix(subnet_id=0x1234, mn_id=0x56, now=1_796_000_000.25, eui64=eui64)
-    digest = hashlib.sha1(ntp_timestamp(1_796_000_000.25).to_bytes(8, "big") + eui64).digest()
+@pytest.mark.parametrize(("now", "ntp"), [
+    (0.0, 2_208_988_800 << 32),  # seconds since 1900 in the high 32 bits
+    (1.5, (2_208_988_801 << 32) | (1 << 31)),  # the fraction in the low 32
+    (1_796_000_000.25, ((1_796_000_000 + 2_208_988_800) << 32) | (1 << 30)),
+])
+def test_generated_prefix_follows_rfc_4193(now: float, ntp: int) -> None:
+    prefix = generate_prefix(subnet_id=0x1234, mn_id=0x56, now=now, read_mac=lambda: MAC)
+    digest = hashlib.sha1(ntp.to_bytes(8, "big") + EUI64).digest()
     global_id = int.from_bytes(digest[-5:], "big")  # "the least significant 40 bits"
-    assert global_id == rfc4193_global_id(ntp_timestamp(1_796_000_000.25), eui64)
     assert prefix == TunnelPrefix.compose(ula_prefix(global_id), 0x1234, 0x56)
     assert prefix.is_ula and str(prefix).startswith("fd")
     assert (prefix.subnet_id, prefix.mn_id) == (0x1234, 0x56)
 
 
+def test_generated_prefix_without_a_mac_is_still_a_fresh_ula() -> None:
+    first = generate_prefix(now=1_796_000_000.0, read_mac=lambda: None)
+    second = generate_prefix(now=1_796_000_000.0, read_mac=lambda: None)
+    assert first.is_ula and (first.subnet_id, first.mn_id) == (0, 1)
+    assert first != second  # random bits stand in for the EUI-64
+
+
+def test_generated_prefix_uses_this_machines_mac(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prefix_generation, "machine_mac", lambda: MAC)
+    assert generate_prefix(7, 8, now=1.5) == \
+        generate_prefix(7, 8, now=1.5, read_mac=lambda: MAC)
+
+
+@pytest.mark.parametrize(("site", "subnet", "mn", "words"), [
+    ("fd12:3456:789a::/48", "g", "1", "subnet ID 'g' is not a hexadecimal number (0-ffff)"),
+    ("fd12:3456:789a::/48", "1", "", "MN ID '' is not a hexadecimal number (0-ffff)"),
+    ("fd12:3456:789a::/64", "1", "1", "site prefix fd12:3456:789a::/64 must be a /48"),
+    ("fd12:3456:789a::1/48", "1", "1", "has host bits set"),
+    ("fd12:3456:789a::/48", "1", "10000", "MN ID 65536 must be 0..65535"),
+])
+def test_compose_says_what_is_wrong(site: str, subnet: str, mn: str, words: str) -> None:
+    with pytest.raises(AddressingError, match=re.escape(words)):
+        compose_prefix(site, subnet, mn)
+
+
 def test_generate_button_keeps_subnet_and_mn_ids(editor: ProfilesEditor) -> None:
     editor.list.setCurrentRow(0)
-    editor.subnet_edit.setText("beef")
-    editor.mn_edit.setText("7")
-    before = editor.edits["prefix"].text()
-    editor.generate_button.click()
-    prefix = TunnelPrefix.parse(editor.edits["prefix"].text())
+    editor.form.subnet_edit.setText("beef")
+    editor.form.mn_edit.setText("7")
+    before = editor.form.edits["prefix"].text()
+    editor.form.generate_button.click()
+    prefix = TunnelPrefix.parse(editor.form.edits["prefix"].text())
     assert str(prefix) != before
+    assert editor.drafts[0].prefix == str(prefix)  # the draft follows the field
     assert prefix.is_ula
     assert (prefix.subnet_id, prefix.mn_id) == (0xBEEF, 7)
-    assert editor.reason("prefix") is None
+    assert editor.form.reason("prefix") is None
 
 
 def test_compose_from_48_subnet_and_mn_id(editor: ProfilesEditor) -> None:
     editor.list.setCurrentRow(0)
-    editor.site_edit.setText("fd12:3456:789a::/48")
-    editor.subnet_edit.setText("2")
-    editor.mn_edit.setText("0x1f")
-    assert editor.edits["prefix"].text() == "fd12:3456:789a:2:1f::/80"
-    editor.subnet_edit.setText("10000")
-    assert "subnet ID 65536 must be 0..65535" in editor.compose_reason.text()
-    assert editor.edits["prefix"].text() == "fd12:3456:789a:2:1f::/80"  # left as it was
+    editor.form.site_edit.setText("fd12:3456:789a::/48")
+    editor.form.subnet_edit.setText("2")
+    editor.form.mn_edit.setText("0x1f")
+    assert editor.form.edits["prefix"].text() == "fd12:3456:789a:2:1f::/80"
+    editor.form.subnet_edit.setText("10000")
+    assert "subnet ID 65536 must be 0..65535" in editor.form.compose_reason.text()
+    assert editor.form.edits["prefix"].text() == "fd12:3456:789a:2:1f::/80"  # left as it was
 
 
 def test_typing_a_prefix_fills_the_compose_fields(editor: ProfilesEditor) -> None:
     editor.list.setCurrentRow(0)
-    editor.set_field("prefix", "fd6d:6d74:1:a:b::/80")
-    assert (editor.site_edit.text(), editor.subnet_edit.text(), editor.mn_edit.text()) == \
+    editor.form.set_field("prefix", "fd6d:6d74:1:a:b::/80")
+    form = editor.form
+    assert (form.site_edit.text(), form.subnet_edit.text(), form.mn_edit.text()) == \
         ("fd6d:6d74:1::/48", "a", "b")
 
 
@@ -196,9 +229,9 @@ def test_typing_a_prefix_fills_the_compose_fields(editor: ProfilesEditor) -> Non
 
 def test_save_writes_what_the_cli_reads(editor: ProfilesEditor, profiles_path: Path) -> None:
     editor.list.setCurrentRow(1)  # home
-    editor.set_field("mtu", "auto")
-    editor.set_field("keepalive", "15")
-    editor.auto_connect.setChecked(True)
+    editor.form.set_field("mtu", "auto")
+    editor.form.set_field("keepalive", "15")
+    editor.form.auto_connect.setChecked(True)
     editor.make_default()
     assert editor.save()
     book = profiles.load(profiles_path)  # what `m6t` reads
@@ -214,7 +247,7 @@ def test_save_writes_what_the_cli_reads(editor: ProfilesEditor, profiles_path: P
 def test_renaming_the_default_keeps_it_default(editor: ProfilesEditor,
                                                profiles_path: Path) -> None:
     editor.list.setCurrentRow(0)
-    editor.set_field("name", "work")
+    editor.form.set_field("name", "work")
     assert editor.save()
     assert profiles.load(profiles_path).default == "work"
 
@@ -241,9 +274,9 @@ def test_corrupt_file_is_reported_and_kept(make_editor: Callable[[Path], Profile
     assert "Nothing will be written over it" in editor.banner.advice.text()
     assert editor.list.count() == 0
     editor.add_profile()
-    editor.set_field("gateway", "198.51.100.1")
-    editor.set_field("prefix", "fd6d:6d74:1:1:1::/80")
-    editor.set_field("home_agent", "fd48:4100::2")
+    editor.form.set_field("gateway", "198.51.100.1")
+    editor.form.set_field("prefix", "fd6d:6d74:1:1:1::/80")
+    editor.form.set_field("home_agent", "fd48:4100::2")
     assert not editor.save_button.isEnabled()
     assert not editor.save()  # even when asked directly
     assert profiles_path.read_bytes() == garbage
@@ -275,7 +308,7 @@ def test_import_replaces_same_name_and_adds_the_rest(editor: ProfilesEditor,
     source.write_text(profiles.dump_profiles(profiles.ProfileBook([changed_home, lab])))
     assert editor.import_file(source) == ["home", "lab"]
     assert "1 replaced: home" in editor.message.text()
-    book = editor.book()
+    book = editor.drafts.book()
     assert book.names() == ["office", "home", "lab"]
     assert book.get("home").gateway == "203.0.113.9"  # type: ignore[union-attr]
 
@@ -300,7 +333,7 @@ def test_import_of_a_bad_file_is_refused(editor: ProfilesEditor, short_dir: Path
 
 def test_export_refuses_an_invalid_profile(editor: ProfilesEditor, short_dir: Path) -> None:
     editor.list.setCurrentRow(0)
-    editor.set_field("gateway", "")
+    editor.form.set_field("gateway", "")
     target = short_dir / "out.toml"
     assert editor.export_file(target, ["office"]) == []
     assert not target.exists()
@@ -338,13 +371,13 @@ def test_file_changed_by_the_cli_is_reloaded(qtbot: QtBot, editor: ProfilesEdito
 def test_file_changed_while_editing_keeps_the_edits(qtbot: QtBot, editor: ProfilesEditor,
                                                     profiles_path: Path) -> None:
     editor.list.setCurrentRow(0)
-    editor.set_field("gateway", "203.0.113.1")
+    editor.form.set_field("gateway", "203.0.113.1")
     book = profiles.load(profiles_path)
     book.remove("home")
     profiles.save(book, profiles_path)
     qtbot.waitUntil(lambda: not editor.banner.isHidden(), timeout=5000)
     assert "changed on disk" in editor.banner.title.text()
-    assert editor.edits["gateway"].text() == "203.0.113.1"
+    assert editor.form.edits["gateway"].text() == "203.0.113.1"
     assert len(editor.drafts) == 2
 
 
@@ -352,3 +385,52 @@ def test_draft_round_trip() -> None:
     for profile in (OFFICE, HOME, Profile(**{**profiles.profile_to_dict(HOME), "mtu": "auto",
                                              "routes": ["fd48::/16"]})):
         assert Draft.from_profile(profile).to_profile() == profile
+
+
+# --- the drafts on their own (no widgets) ---
+
+
+def test_draft_set_renames_the_default_through_an_empty_name() -> None:
+    drafts = DraftSet.from_book(profiles.ProfileBook([OFFICE, HOME], default="office"))
+    office = drafts[0]
+    drafts.set_field(office, "name", "")
+    assert office.errors["name"].startswith("1-64 characters")
+    drafts.set_field(office, "name", "work")
+    assert drafts.default == "work"
+    assert drafts.book().default == "work"
+
+
+def test_draft_set_list_operations() -> None:
+    drafts = DraftSet.from_book(profiles.ProfileBook([OFFICE, HOME], default="home"))
+    assert drafts.duplicate(1) == 2
+    assert [d.name for d in drafts] == ["office", "home", "home copy"]
+    assert drafts.duplicate(1) == 2
+    assert drafts[2].name == "home copy copy"
+    assert drafts.add() == 4 and drafts[4].name == "profile 5"
+    assert drafts.first_error() is not None  # the new one has no gateway yet
+    drafts.remove(1)
+    assert drafts.default is None  # the default went with it
+    drafts.remove(3)
+    assert drafts.valid and drafts.first_error() is None
+    assert drafts.book(["office"]).names() == ["office"]
+
+
+def test_draft_set_refuses_two_profiles_with_one_name() -> None:
+    drafts = DraftSet.from_book(profiles.ProfileBook([OFFICE, HOME]))
+    drafts.set_field(drafts[1], "name", "office")
+    assert drafts[1].errors == {"name": "another profile is already named 'office'"}
+    with pytest.raises(ProfileError, match="profile 'office': another profile"):
+        drafts.book()
+
+
+def test_draft_module_needs_no_widgets() -> None:
+    """The drafts, prefixes and files are plain logic: importing them pulls in no Qt."""
+    import subprocess
+    import sys
+
+    code = ("import sys, m6t_desktop.profile_drafts, m6t_desktop.prefix_generation, "
+            "m6t_desktop.profile_files; "
+            "print(sorted(m for m in sys.modules if m.startswith('PySide6.QtWidgets')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
