@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from m6t.control.schema import TunnelState
 from m6t_desktop.app_state import AppState
 from m6t_desktop.banner import Banner
 from m6t_desktop.client import Link
@@ -296,19 +297,19 @@ class StatusWindow(QMainWindow):
         status = state.status
         online = state.link is Link.ONLINE
         can_write = online and not state.read_only and not state.busy
-        up_profile = status.profile if status and status.state != "disconnected" else None
+        up_profile = status.profile if status and status.state != TunnelState.DISCONNECTED else None
         chosen = self.profile_combo.currentText()
         self.connect_button.setText("&Switch" if up_profile and chosen and chosen != up_profile
                                     else "&Connect")
         self.connect_button.setEnabled(can_write and bool(chosen) and chosen != up_profile)
         self.disconnect_button.setEnabled(can_write and up_profile is not None)
         self.regenerate_button.setEnabled(can_write and status is not None
-                                          and status.state == "connected")
+                                          and status.state == TunnelState.CONNECTED)
         self.test_button.setEnabled(can_write and not state.report.testing
                                     and bool(chosen or status))
         self.quit_disconnect_action.setEnabled(online and bool(state.tunnels))
 
-        if status is None or status.state == "disconnected":
+        if status is None or status.state == TunnelState.DISCONNECTED:
             for label in (self.address_label, self.gateway_label, self.home_agent_label,
                           self.mtu_label, self.rtt_label, self.counters_label,
                           self.since_label):
@@ -372,7 +373,7 @@ class StatusWindow(QMainWindow):
 
     def refresh_traffic(self) -> None:
         status = self.state.status
-        if status is None or status.state == "disconnected":
+        if status is None or status.state == TunnelState.DISCONNECTED:
             return
         self.mtu_label.setText(f"{status.mtu} bytes")
         self.rtt_label.setText(rtt_text(status.rtt_ms))

@@ -13,6 +13,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QGuiApplication, QIcon
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
+from m6t.control.schema import TunnelState
 from m6t_desktop.app_state import AppState
 from m6t_desktop.client import Link
 from m6t_desktop.controller import Controller
@@ -117,9 +118,9 @@ class TrayIcon(QObject):
         headline.setEnabled(False)
         status = state.status
         cause = state.cause() if state.link is Link.ONLINE else ""
-        if cause and status is not None and status.state != "disconnected":
+        if cause and status is not None and status.state != TunnelState.DISCONNECTED:
             menu.addAction(cause).setEnabled(False)
-        if status is not None and status.address and status.state != "disconnected":
+        if status is not None and status.address and status.state != TunnelState.DISCONNECTED:
             address = menu.addAction(status.address)
             address.setToolTip("Copy the address")
             address.triggered.connect(lambda _=False, a=status.address:
@@ -131,7 +132,7 @@ class TrayIcon(QObject):
 
         online = state.link is Link.ONLINE
         can_write = online and not state.read_only and not state.busy
-        up = {name for name, s in state.tunnels.items() if s.state != "disconnected"}
+        up = {name for name, s in state.tunnels.items() if s.state != TunnelState.DISCONNECTED}
         names = self.profiles.book.names() + [n for n in state.tunnels
                                               if self.profiles.book.get(n) is None]
         menu.addSection("Profiles")
@@ -156,7 +157,7 @@ class TrayIcon(QObject):
             menu.addAction("The profiles file is corrupt: see Profiles…").setEnabled(False)
 
         menu.addSeparator()
-        if status is not None and status.state != "disconnected":
+        if status is not None and status.state != TunnelState.DISCONNECTED:
             disconnect = menu.addAction(f"&Disconnect {status.profile}")
             disconnect.setEnabled(can_write)
             disconnect.triggered.connect(lambda: self.controller.disconnect_tunnel())
@@ -169,7 +170,8 @@ class TrayIcon(QObject):
                                           self.controller.connect_profile(n))
         regenerate = menu.addAction("&New address now")
         regenerate.setToolTip("A fresh random 48-bit suffix on the same /80")
-        regenerate.setEnabled(can_write and status is not None and status.state == "connected")
+        regenerate.setEnabled(can_write and status is not None
+                              and status.state == TunnelState.CONNECTED)
         regenerate.triggered.connect(lambda: self.controller.regenerate())
         if state.busy:
             menu.addAction(state.busy).setEnabled(False)
