@@ -101,7 +101,7 @@ class Phase(enum.Enum):
 
 
 SHOWN_AS = {
-    Phase.IDLE: TunnelState.CONNECTING, Phase.RESOLVING: TunnelState.CONNECTING,
+    Phase.IDLE: TunnelState.DISCONNECTED, Phase.RESOLVING: TunnelState.CONNECTING,
     Phase.RACING: TunnelState.CONNECTING, Phase.CONNECTED: TunnelState.CONNECTED,
     Phase.WAITING: TunnelState.WAITING, Phase.ERROR: TunnelState.ERROR,
     Phase.STOPPED: TunnelState.DISCONNECTED,
