@@ -17,13 +17,14 @@ from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
 
 from m6t import profiles
+from m6t.control.errors import ErrorData, InvalidParams, PermissionDenied
 from m6t.profiles import profile_to_dict
 from m6t_desktop.app import DesktopApp, Options
 from m6t_desktop.client import Link
 from m6t_desktop.traffic_graph import RX_COLOUR, TX_COLOUR
 from m6t_desktop.wording import NO_VALUE, DisplayState
 from tests.desktop.conftest import HOME, OFFICE, OFFSCREEN_LIMITS
-from tests.fake_helper import FakeHelper, RpcError, status_for
+from tests.fake_helper import FakeHelper, status_for
 
 AppFactory = Callable[..., DesktopApp]
 
@@ -285,7 +286,7 @@ def test_read_only_says_join_the_group(qtbot: QtBot, socket_path: Path,
 def test_permission_denied_on_a_call_says_join_the_group(
         qtbot: QtBot, helper: FakeHelper, make_app: AppFactory) -> None:
     def refuse(_params: dict) -> None:
-        raise RpcError(-32001, "permission denied: join group m6t")
+        raise PermissionDenied("permission denied: join group m6t", ErrorData(group="m6t"))
 
     helper.handlers["connect"] = refuse
     app = online(qtbot, make_app())
@@ -299,7 +300,7 @@ def test_permission_denied_on_a_call_says_join_the_group(
 def test_invalid_profile_names_the_field(qtbot: QtBot, helper: FakeHelper,
                                          make_app: AppFactory) -> None:
     def refuse(_params: dict) -> None:
-        raise RpcError(-32602, "mtu: 1200 is outside 1280-65507", {"field": "profile.mtu"})
+        raise InvalidParams("mtu: 1200 is outside 1280-65507", ErrorData(field="profile.mtu"))
 
     helper.handlers["connect"] = refuse
     app = online(qtbot, make_app())

@@ -134,7 +134,8 @@ def test_read_only_caller_gets_permission_denied(qtbot: QtBot, socket_path: Path
                                                      {"profile": profile_to_dict(OFFICE)}))
     assert kind == "error"
     assert isinstance(error, PermissionDenied)
-    assert "join group m6t" in error.message  # type: ignore[attr-defined]
+    assert "join group m6t" in error.message
+    assert error.data.group == "m6t"  # what the app acts on, not the message
 
 
 def test_events_arrive_as_typed_records(qtbot: QtBot, helper: FakeHelper,
