@@ -170,7 +170,7 @@ class Helper:
     async def status(self, connection: Connection, params: NoParams) -> StatusResult:
         return StatusResult(tunnels=[t.status() for t in self.tunnels.values()],
                             access=Access.READ_WRITE if connection.can_write
-                            else Access.READ_ONLY)
+                            else Access.READ_ONLY, group=self.control.group)
 
     async def subscribe(self, connection: Connection, params: NoParams) -> StatusResult:
         result = await self.status(connection, params)

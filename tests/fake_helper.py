@@ -184,7 +184,8 @@ class FakeHelper:
             if method == "subscribe":
                 with self._lock:
                     self._subscribers.append(conn)
-            return {"tunnels": list(self.tunnels.values()), "access": access}
+            return {"tunnels": list(self.tunnels.values()), "access": access,
+                    "group": "m6t"}
         if method not in schema.METHODS:
             raise MethodNotFound(f"unknown method {method!r}")
         if self.read_only:

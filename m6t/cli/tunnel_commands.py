@@ -22,9 +22,9 @@ from m6t.cli.render import (
     state_words,
     tunnel_lines,
 )
-from m6t.control import schema, wire
-from m6t.control.client import DEFAULT_GROUP, HelperClient, socket_path
-from m6t.control.errors import BadReply, ErrorData, NotFound
+from m6t.control import schema
+from m6t.control.client import HelperClient, socket_path
+from m6t.control.errors import BadReply, NotFound
 from m6t.control.schema import (
     Access,
     DisconnectResult,
@@ -45,24 +45,9 @@ HELPER_TIMEOUT = 30.0  # seconds to wait for an answer (connect waits for the po
 # --- talking to the helper ---
 
 
-class _WatchingClient(HelperClient):
-    """A client that stops on a line that is not the API while it waits for events, as
-    `m6t watch` always has, so that a script reading it learns that something is wrong.
-    HelperClient.events() skips such lines; until it can be asked not to, this narrows the
-    one place where lines are read."""
-
-    def _next(self) -> wire.Incoming:
-        incoming = super()._next()
-        if isinstance(incoming, wire.Dropped) \
-                and incoming.reason is not wire.Malformed.UNKNOWN_EVENT:
-            raise BadReply(f"{incoming.reason}: {incoming.detail}", ErrorData(socket=self.path))
-        return incoming
-
-
-def _open_helper(args: argparse.Namespace, timeout: float = HELPER_TIMEOUT,
-                 client_type: type[HelperClient] = HelperClient) -> HelperClient:
+def _open_helper(args: argparse.Namespace, timeout: float = HELPER_TIMEOUT) -> HelperClient:
     try:
-        return client_type(args.socket, timeout=timeout)
+        return HelperClient(args.socket, timeout=timeout)
     except BadReply as exc:  # something answers on that path, but it is not the helper
         raise CliError(f"{exc.message}: check --socket or M6T_SOCKET") from None
     except OSError as exc:  # HelperClient maps the usual ones; this is whatever is left
@@ -110,7 +95,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     blocks = ["\n".join(tunnel_lines(tunnel)) for tunnel in result.tunnels]
     print("\n\n".join(blocks) if blocks else "no tunnels")
     if result.access == Access.READ_ONLY:
-        print(f"(read-only: join group {DEFAULT_GROUP} to connect or change tunnels)")
+        print(f"(read-only: join group {result.group} to connect or change tunnels)")
     return 0
 
 
@@ -231,7 +216,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     show: Callable[[Event], str] = event_line if args.text else json_text
     remaining = args.count
     try:
-        with _open_helper(args, client_type=_WatchingClient) as client:
+        with _open_helper(args) as client:
             with _socket_errors():
                 pending = _snapshot_events(client.call("subscribe"))
             events = client.events()

@@ -103,11 +103,8 @@ class HelperClient:
         while True:
             incoming = self._next()
             if isinstance(incoming, wire.Dropped):
-                if incoming.reason is wire.Malformed.UNKNOWN_EVENT:
-                    continue
-                raise BadReply(f"the helper sent something that is not the control API "
-                               f"({incoming.reason}: {incoming.detail})",
-                               ErrorData(socket=self.path))
+                self._check(incoming)
+                continue
             if isinstance(incoming, wire.Reply):
                 if incoming.id != request_id:
                     continue
@@ -117,15 +114,22 @@ class HelperClient:
             self._pending_events.append(incoming)
 
     def events(self) -> Iterator[Event]:
-        """After `call("subscribe")`: every event as it arrives (blocks)."""
+        """After `call("subscribe")`: every event as it arrives (blocks). A line that is not the
+        API raises BadReply, so that a reader learns something is wrong; an event of a type
+        this client does not know (a newer helper's) is skipped."""
         while self._pending_events:
             yield self._pending_events.popleft()
         self._sock.settimeout(None)
         while True:
             incoming = self._next()
-            if isinstance(incoming, wire.Reply | wire.Dropped):
-                continue  # nothing is waiting for a reply; a newer helper's event is skipped
-            yield incoming
+            if isinstance(incoming, wire.Dropped):
+                self._check(incoming)
+            elif not isinstance(incoming, wire.Reply):  # nothing is waiting for a reply
+                yield incoming
+
+    def _check(self, dropped: wire.Dropped) -> None:
+        if dropped.reason is not wire.Malformed.UNKNOWN_EVENT:
+            raise BadReply(f"{dropped.reason}: {dropped.detail}", ErrorData(socket=self.path))
 
 
 __all__ = ["ControlError", "HelperClient", "HelperNotRunning", "socket_path"]

@@ -280,6 +280,7 @@ class VersionResult(msgspec.Struct, kw_only=True):
 class StatusResult(msgspec.Struct, kw_only=True):
     tunnels: list[TunnelStatus]
     access: Access
+    group: str = "m6t"  # members of this group (and root) may change things
 
 
 class DisconnectResult(msgspec.Struct, kw_only=True):

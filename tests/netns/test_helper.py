@@ -231,7 +231,8 @@ def test_regenerate_and_set_mtu(world: Lab) -> None:
 
 def test_subscribe_gets_state_then_events(world: Lab) -> None:
     with HelperClient(world.helper_socket) as watcher:
-        assert call(watcher, "subscribe") == {"tunnels": [], "access": "read-write"}
+        assert call(watcher, "subscribe") == {"tunnels": [], "access": "read-write",
+                                              "group": "m6t"}
         connect(world)
         events: list[dict[str, Any]] = []
         for event in watcher.events():

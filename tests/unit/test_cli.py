@@ -191,7 +191,8 @@ def test_status_json_is_the_helpers_result_unchanged(
     helper.tunnels["office"] = connected(rx_bytes=7, since=1796000000.5)
     run = m6t("status", "--json")
     assert run.code == 0
-    assert json.loads(run.out) == {"tunnels": [helper.tunnels["office"]], "access": "read-write"}
+    assert json.loads(run.out) == {"tunnels": [helper.tunnels["office"]], "access": "read-write",
+                                 "group": "m6t"}
     assert list(json.loads(run.out)["tunnels"][0]) == list(helper.tunnels["office"])
 
 
