@@ -44,6 +44,7 @@ from m6t.protocol.packets import (
     parse_echo,
     parse_packet_too_big,
 )
+from m6t.protocol.ratelimit import TokenBuckets
 from tests.unit.helpers import bounded
 
 BOUNDED = bounded(max_examples=250)
@@ -489,3 +490,16 @@ def test_parse_fragmentation_needed_rejects_ipv4_headers_shorter_than_20_bytes(
         # The outer header claims IHL 4: the ICMP message is looked for at offset 16.
         packet = bytearray(b"\x44" + bytes(15) + FRAGMENTATION_NEEDED[20:])
     assert parse_fragmentation_needed(bytes(packet)) is None
+
+
+@bounded(300)
+@given(now=st.floats(min_value=0, max_value=1e9, allow_nan=False),
+       rate=st.sampled_from([0.001, 0.5, 1.0, 3.0, 5.0, 10.0, 1000.0]),
+       burst=st.integers(min_value=1, max_value=50))
+def test_a_burst_at_one_instant_gets_exactly_its_tokens(now: float, rate: float,
+                                                       burst: int) -> None:
+    # "Creation of such states should also be rate-limited on a per IPv4 address basis"
+    # (Against the GW): the budget is `burst` at once, never one fewer from float rounding.
+    buckets = TokenBuckets(rate, burst, max_sources=4)
+    granted = sum(buckets.take("198.51.100.7", now) for _ in range(burst + 3))
+    assert granted == burst
