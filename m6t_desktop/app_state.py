@@ -90,7 +90,7 @@ class AppState(QObject):
         super().__init__(parent)
         self.link = Link.CONNECTING
         self.access: Access | None = None
-        self.group = DEFAULT_GROUP  # the group that may change things, once the helper names it
+        self.group = DEFAULT_GROUP  # the group that may change things, as the helper names it
         self.tunnels: dict[str, TunnelStatus] = {}  # by profile name
         self.messages: dict[str, str] = {}  # last error message the helper gave, by profile
         self.current: str | None = None  # the tunnel shown (status window, tooltip)
@@ -227,6 +227,7 @@ class AppState(QObject):
         """The full state from `subscribe` (on every connection to the helper)."""
         self.link = Link.ONLINE
         self.access = result.access
+        self.group = result.group
         self.tunnels = {status.profile: status for status in result.tunnels}
         self.busy = None
         if self.current not in self.tunnels:

@@ -12,6 +12,7 @@ from pytestqt.qtbot import QtBot
 
 from m6t.control.errors import ErrorData, InvalidParams, PermissionDenied, TimedOut
 from m6t.control.schema import (
+    Access,
     AddressEvent,
     MtuEvent,
     PortProbe,
@@ -186,6 +187,14 @@ def test_permission_denied_names_the_helpers_group_and_makes_the_app_read_only(
     assert app_state.read_only
     problem = app_state.problem()
     assert problem is not None and "usermod -aG netadmin" in problem.advice
+
+
+def test_read_only_names_the_group_the_helper_gives(app_state: AppState) -> None:
+    app_state.load(StatusResult(tunnels=[], access=Access.READ_ONLY, group="netdev"))
+    problem = app_state.problem()
+    assert problem is not None and problem.kind == "read_only"
+    assert "join the netdev group: sudo usermod -aG netdev $USER" in problem.advice
+    assert "read-only: join group netdev to connect" in app_state.events.entries[-1].text
 
 
 def test_permission_denied_without_a_group_says_m6t(app_state: AppState) -> None:
