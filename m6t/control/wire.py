@@ -224,8 +224,11 @@ def decode_event(params: Any, line: bytes = b"") -> Event | Dropped:
 
 def decode_result(method: str, result: Any) -> Any:
     """A reply's result as its method's record; one that does not fit is a BadReply."""
+    spec = METHODS.get(method)
+    if spec is None:  # we asked for a method the API does not have, and got an answer
+        raise BadReply(f"the helper answered {method!r}, which the API does not have")
     try:
-        return msgspec.convert(result, METHODS[method].result)
+        return msgspec.convert(result, spec.result)
     except msgspec.ValidationError as exc:
         raise BadReply(f"the helper's answer to {method!r} does not fit the API: {exc}") \
             from None
