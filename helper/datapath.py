@@ -83,6 +83,8 @@ class Pump:
                 poller.register(tun_fd, select.POLLIN)
                 poller.register(sock.fileno(), select.POLLIN | select.POLLERR)
             for fd, _ in poller.poll(POLL_MS):
+                if self.target is not target:
+                    break  # a new address while we polled: its packets must not meet the old
                 if fd == tun_fd:
                     self._tun_batch(target)
                 else:
