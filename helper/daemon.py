@@ -75,15 +75,18 @@ class Helper:
 
     # --- running ---
 
-    async def run(self) -> None:
+    async def run(self, handle_signals: bool = True) -> None:
+        """Serve until SIGTERM/SIGINT or `stop()`. Without `handle_signals` (a loop in another
+        thread than the main one, in tests), only `stop()` ends it."""
         removed = self.io.remove_leftovers()
         if removed:
             log.warning("removed leftovers of a previous run: %s", ", ".join(removed))
         await self.control.start()
         watch = self.io.watch_network(self.loop, self._network_changed, self._resumed)
         icmp = self.io.listen_fragmentation_needed(self.loop, self._fragmentation_needed)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self.loop.add_signal_handler(signum, self._stop.set)
+        if handle_signals:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self.loop.add_signal_handler(signum, self._stop.set)
         ticker = self.loop.create_task(self._traffic_ticker())
         log.info("m6t-helper %s ready on %s", __version__, self.control.path)
         # Type=notify: a client started after the unit never races the control socket.
