@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from m6t_helper.daemon import Helper
+
 from m6t.control.client import HelperClient
 from m6t.control.schema import Profile
 from m6t.gateway.config import load_config
@@ -34,7 +36,6 @@ from m6t.linux.tuntest import ChannelTun, FakeNetlink, FakeNetwork
 from m6t.linux.udp import FragmentationNeeded
 from m6t.protocol.packets import build_echo, echo_reply_for, parse_echo
 from m6t.protocol.session import Ipv4Path
-from m6t_helper.daemon import Helper
 
 GATEWAY = "198.51.100.1"
 PORTS = (3544, 4500)
