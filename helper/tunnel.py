@@ -70,7 +70,10 @@ def session_config(profile: Profile) -> s.SessionConfig:
     return s.SessionConfig(host=profile.gateway, ports=tuple(profile.ports),
                            prefix=TunnelPrefix.parse(profile.prefix),
                            home_agent=ipaddress.IPv6Address(profile.home_agent).packed,
-                           mtu=profile.mtu, keepalive=profile.keepalive)
+                           mtu=profile.mtu, keepalive=profile.keepalive,
+                           reply_timeout=profile.liveness.reply_timeout,
+                           probe_interval=profile.liveness.probe_interval,
+                           probes=profile.liveness.probes)
 
 
 class Tunnel:

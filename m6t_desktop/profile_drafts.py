@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from m6t.control.schema import (
+    Liveness,
     Profile,
     ProfileError,
     check_gateway,
@@ -49,6 +50,8 @@ class Draft:
     routes_mode: str = "home-agent"
     routes: str = ""
     auto_connect: bool = False
+    # Not in the form (set in the profiles file): carried through unchanged.
+    liveness: Liveness = field(default_factory=Liveness)
     errors: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -61,7 +64,7 @@ class Draft:
                    ports=", ".join(str(p) for p in profile.ports), prefix=profile.prefix,
                    home_agent=profile.home_agent, mtu=str(profile.mtu),
                    keepalive=f"{profile.keepalive:g}", routes_mode=mode, routes=routes,
-                   auto_connect=profile.auto_connect)
+                   auto_connect=profile.auto_connect, liveness=profile.liveness)
 
     # field parsers: text -> value, ProfileError when the text cannot be one
 
@@ -128,7 +131,7 @@ class Draft:
                           mtu=self.parsed_mtu(),  # type: ignore[arg-type]
                           keepalive=self.parsed_keepalive(),
                           routes=self.parsed_routes(),  # type: ignore[arg-type]
-                          auto_connect=self.auto_connect)
+                          auto_connect=self.auto_connect, liveness=self.liveness)
         return validate_profile(profile)
 
 

@@ -38,6 +38,17 @@ __all__ = ["AddressReason", "Cause", "MtuReason", "TunnelState"]  # the core's, 
 Routes = Literal["home-agent", "default"] | list[str]
 
 
+class Liveness(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """How the helper finds out that the path died (a NAT that forgot the mapping): after
+    `reply_timeout` seconds of data sent with nothing back, it sends a keepalive; after
+    `probes` unanswered ones, `probe_interval` apart, it takes a new address. An idle tunnel
+    costs one keepalive per `keepalive` seconds, nothing more."""
+
+    reply_timeout: float = 3.0
+    probe_interval: float = 1.0
+    probes: int = 3
+
+
 class Profile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """A gateway to reach the home agent through, and how to use the tunnel."""
 
@@ -50,6 +61,7 @@ class Profile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     keepalive: float = KEEPALIVE_INTERVAL
     routes: Routes = "home-agent"
     auto_connect: bool = False
+    liveness: Liveness = msgspec.field(default_factory=Liveness)
 
 
 class ProfileError(ValueError):
@@ -140,6 +152,14 @@ def check_keepalive(keepalive: float) -> None:
                                         "30 s is the longest NATs reliably tolerate)")
 
 
+def check_liveness(liveness: Liveness) -> None:
+    for name, value, low, high in (("reply_timeout", liveness.reply_timeout, 1.0, 30.0),
+                                   ("probe_interval", liveness.probe_interval, 0.2, 10.0),
+                                   ("probes", liveness.probes, 1, 10)):
+        if not low <= value <= high:
+            raise ProfileError(f"liveness.{name}", f"{value:g} is outside {low:g}-{high:g}")
+
+
 def check_routes(routes: Routes) -> list[ipaddress.IPv6Network]:
     if routes in ("home-agent", "default"):
         return []
@@ -166,6 +186,7 @@ def validate_profile(profile: Profile) -> Profile:
     check_mtu(profile.mtu)
     check_keepalive(profile.keepalive)
     check_routes(profile.routes)
+    check_liveness(profile.liveness)
     return profile
 
 

@@ -186,11 +186,13 @@ class Lab:
         self.set_nat_rules()
 
     def set_nat_rules(self, extra: str = "", public: str | None = None,
-                      before_defrag: str = "") -> None:
+                      before_defrag: str = "", random_ports: bool = False) -> None:
         """Masquerade the LANs behind the NAT's main outside address; `extra` adds rules to
         the forward chain (e.g. "udp dport 3544 drop" for a blocked port), `before_defrag`
-        to a chain that sees IPv4 fragments before conntrack reassembles them."""
+        to a chain that sees IPv4 fragments before conntrack reassembles them; with
+        `random_ports` each new mapping gets a random outside port, as many CGNATs do."""
         a = self.addr
+        random = " fully-random" if random_ports else ""
         ruleset = f"""
 flush ruleset
 table ip lab {{
@@ -204,7 +206,7 @@ table ip lab {{
     }}
     chain postrouting {{
         type nat hook postrouting priority 100; policy accept;
-        oifname "wan" ip saddr 192.168.0.0/16 snat to {public or a.nat_wan}
+        oifname "wan" ip saddr 192.168.0.0/16 snat to {public or a.nat_wan}{random}
     }}
 }}
 """
@@ -214,6 +216,12 @@ table ip lab {{
         """The NAT now maps the LAN to its other public address and forgets every mapping:
         what a NAT reboot or a carrier-grade NAT's pool change looks like from outside."""
         self.set_nat_rules(public=self.addr.outsider)
+        self.flush_conntrack()
+
+    def rebind_nat_port(self) -> None:
+        """The NAT forgets every mapping and maps anew to a random port on the same address:
+        a NAT that timed out or rebooted, seen from the gateway as a new port."""
+        self.set_nat_rules(random_ports=True)
         self.flush_conntrack()
 
     def flush_conntrack(self) -> None:

@@ -163,6 +163,11 @@ class PortRace:
 # --- keepalive and liveness ---
 
 
+def random_fraction() -> float:
+    """A fraction in [0, 1) for the keepalive jitter."""
+    return secrets.randbelow(1000) / 1000
+
+
 class Liveness(enum.Enum):
     IDLE = "idle"
     SEND_KEEPALIVE = "send_keepalive"
@@ -176,21 +181,33 @@ class LivenessMonitor:
     "If the MN has not sent and received traffic via the tunnel for 30 seconds ... the
     tunneling component on the MN will send an empty IPv6 packet" (Maintaining NAT states).
     A keepalive is answered only while our gateway state exists with our current IPv4 mapping,
-    so it doubles as the liveness probe: the helper also sends one after `keepalive` seconds
-    with nothing received (even while sending), and declares the path dead after `attempts`
-    unanswered ones `probe_timeout` apart. The gateway never tells a client its state is gone.
+    so it doubles as the liveness probe. The gateway never tells a client its state is gone,
+    so the client asks, on two occasions:
+    - nothing received for `keepalive` seconds (an idle tunnel: one keepalive per interval,
+      the draft's rule, never more);
+    - data sent and nothing received for `reply_timeout` seconds since the first unanswered
+      send (WireGuard's "sent data, no reply" rule): a NAT that lost our mapping is found in
+      seconds while someone uses the tunnel, without probing a quiet one.
+    Then `attempts` unanswered keepalives, `probe_timeout` apart, mean the path is dead.
+
+    The data path's activity is read in `last_sent` / `last_received`; with `check_interval`
+    the monitor asks to be polled that often, so that it notices the first unanswered send.
     """
 
     keepalive: float = KEEPALIVE_INTERVAL
     probe_timeout: float = 1.0
     attempts: int = 3
-    random: Callable[[], float] = field(default=lambda: secrets.randbelow(1000) / 1000)
+    reply_timeout: float = 3.0
+    check_interval: float | None = None
+    random: Callable[[], float] = field(default=lambda: random_fraction())
     last_sent: float = 0.0
     last_received: float = 0.0
     probe_sent: float | None = None
     probes: int = 0
     jitter: float = 0.0
     force: bool = False
+    unanswered_since: float | None = None  # the first send nothing answered yet (estimated)
+    last_look: float = 0.0  # when the activity was last looked at
 
     def __post_init__(self) -> None:
         self._draw_jitter()
@@ -200,9 +217,10 @@ class LivenessMonitor:
         self.jitter = self.random() * min(self.keepalive * 0.1, 3.0)
 
     def start(self, now: float) -> None:
-        self.last_sent = self.last_received = now
+        self.last_sent = self.last_received = self.last_look = now
         self.probe_sent = None
         self.probes = 0
+        self.unanswered_since = None
 
     def next_deadline(self) -> float:
         if self.probe_sent is not None and self.last_received < self.probe_sent:
@@ -211,13 +229,31 @@ class LivenessMonitor:
             return self.last_sent  # due now: a forced probe, or an answer to take note of
         # Nothing received for an interval covers the draft's rule (nothing sent *and*
         # received) and also probes a path on which we only send.
-        return self.last_received + self.keepalive - self.jitter
+        deadline = self.last_received + self.keepalive - self.jitter
+        if self.unanswered_since is not None:
+            deadline = min(deadline, self.unanswered_since + self.reply_timeout)
+        elif self.check_interval is not None:
+            deadline = min(deadline, self.last_look + self.check_interval)
+        return deadline
+
+    def _look(self, now: float) -> None:
+        """Note whether something sent is still unanswered. The first unanswered send came
+        after both the last receive and the previous look; the later of the two is taken,
+        which errs towards probing early, never late."""
+        if self.last_sent > self.last_received:
+            if self.unanswered_since is None:
+                self.unanswered_since = min(self.last_sent,
+                                            max(self.last_received, self.last_look))
+        else:
+            self.unanswered_since = None
+        self.last_look = now
 
     def poll(self, now: float) -> Liveness:
         if self.probe_sent is not None:
             if self.last_received >= self.probe_sent:
                 self.probe_sent = None  # answered (by the reply or by any traffic)
                 self.probes = 0
+                self.unanswered_since = None
                 self._draw_jitter()
             elif now >= self.probe_sent + self.probe_timeout:
                 if self.probes >= self.attempts:
@@ -225,7 +261,10 @@ class LivenessMonitor:
                 return self._send(now)
             else:
                 return Liveness.IDLE
-        if self.force or now >= self.next_deadline():
+        self._look(now)
+        silent_sender = (self.unanswered_since is not None
+                         and now >= self.unanswered_since + self.reply_timeout)
+        if self.force or silent_sender or now >= self.last_received + self.keepalive - self.jitter:
             self.force = False
             return self._send(now)
         return Liveness.IDLE

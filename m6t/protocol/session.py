@@ -30,6 +30,7 @@ from m6t.protocol.client import (
     Liveness,
     LivenessMonitor,
     PortRace,
+    random_fraction,
     tunnel_mtu_for_link,
     tunnel_mtu_for_route,
 )
@@ -42,6 +43,7 @@ MAX_BACKOFF = 60.0
 RACE_TIMEOUT = 4.0
 RACE_REPORT_GRACE = 0.25  # after the winner, how long the other ports may still answer
 RESUME_WINDOW = 30.0  # a dead path this soon after a resume is blamed on the resume
+ACTIVITY_CHECK = 1.0  # how often a connected session looks at the data path's activity
 
 
 class TunnelState(enum.StrEnum):
@@ -290,6 +292,9 @@ class SessionConfig:
     home_agent: bytes
     mtu: int | Literal["auto"] = DEFAULT_TUNNEL_MTU
     keepalive: float = KEEPALIVE_INTERVAL
+    reply_timeout: float = 3.0  # sent data, nothing back for this long: probe the path
+    probe_interval: float = 1.0  # between unanswered probes
+    probes: int = 3  # unanswered probes before the path is declared dead
     race_timeout: float = RACE_TIMEOUT
 
 
@@ -329,10 +334,13 @@ class ClientSession:
         if isinstance(self.config.mtu, int):
             self.mtu = self.config.mtu
         self.configured_mtu: int | Literal["auto"] = self.config.mtu
-        if self.random is None:
-            self.liveness = LivenessMonitor(keepalive=self.config.keepalive)
-        else:
-            self.liveness = LivenessMonitor(keepalive=self.config.keepalive, random=self.random)
+        config = self.config
+        # The data path's activity is sampled once a second (a local timer, no packet), so
+        # that the first unanswered send is noticed.
+        self.liveness = LivenessMonitor(
+            keepalive=config.keepalive, reply_timeout=config.reply_timeout,
+            probe_timeout=config.probe_interval, attempts=config.probes,
+            check_interval=ACTIVITY_CHECK, random=self.random or random_fraction)
 
     @property
     def state(self) -> TunnelState:

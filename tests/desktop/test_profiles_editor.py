@@ -10,12 +10,13 @@ import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from PySide6.QtCore import QCoreApplication, QEvent
 from pytestqt.qtbot import QtBot
 
 from m6t import profiles
-from m6t.control.schema import Profile, ProfileError
+from m6t.control.schema import Liveness, Profile, ProfileError
 from m6t.protocol.addressing import AddressingError, TunnelPrefix, ula_prefix
 from m6t_desktop import prefix_generation
 from m6t_desktop.prefix_generation import compose_prefix, generate_prefix
@@ -382,8 +383,9 @@ def test_file_changed_while_editing_keeps_the_edits(qtbot: QtBot, editor: Profil
 
 
 def test_draft_round_trip() -> None:
-    for profile in (OFFICE, HOME, Profile(**{**profiles.profile_to_dict(HOME), "mtu": "auto",
-                                             "routes": ["fd48::/16"]})):
+    unusual = msgspec.structs.replace(HOME, mtu="auto", routes=["fd48::/16"],
+                                      liveness=Liveness(reply_timeout=5.0, probes=2))
+    for profile in (OFFICE, HOME, unusual):
         assert Draft.from_profile(profile).to_profile() == profile
 
 

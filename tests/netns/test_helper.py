@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -140,6 +140,39 @@ def test_conntrack_flush_keeps_or_recovers_the_tunnel(world: Lab) -> None:
     world.flush_conntrack()
     wait_for(lambda: ping(world, count=1, timeout=1), 20, "traffic after a conntrack flush")
     assert status(world)["state"] == "connected"
+
+
+def recovery_under_ping(lab: Lab, disrupt: Callable[[], None], seconds: float = 16
+                        ) -> float | None:
+    """Ping the HA every 0.1 s; once replies flow, `disrupt` the path; return how long after
+    it the first reply came back (None: none did)."""
+    log = lab.workdir / "recovery-ping.log"
+    pinger = lab.spawn("mn", ["ping", "-6", "-D", "-n", "-i", "0.1", "-W", "1", "-w",
+                              str(seconds), lab.addr.home_agent], log_name="recovery-ping")
+
+    def replies() -> list[float]:
+        text = log.read_text() if log.exists() else ""
+        return [float(at) for at in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", text, re.M)]
+
+    wait_for(lambda: len(replies()) >= 5, 5, "the ping to flow before the disruption")
+    disrupted = time.time()
+    disrupt()
+    pinger.wait(seconds + 10)
+    after = [at for at in replies() if at > disrupted + 0.05]
+    return round(after[0] - disrupted, 2) if after else None
+
+
+@pytest.mark.parametrize("disruption", ["rebind_nat_port", "change_nat_mapping"])
+def test_a_lost_nat_mapping_under_a_running_ping_is_recovered_within_10_s(
+        world: Lab, disruption: str) -> None:
+    """The default profile (no keepalive tuning): "sent data, no reply" for 3 s, three probes
+    1 s apart, a new address; the ping flows again well within 10 s."""
+    old = connect(world)["address"]
+    recovered = recovery_under_ping(world, getattr(world, disruption))
+    print(f"\n{disruption}: ping flows again {recovered} s after the mapping was lost")
+    assert recovered is not None and recovered <= 10.0
+    assert status(world)["address"] != old
+    assert status(world)["history"][-1]["reason"] == "nat_mapping_changed"
 
 
 def test_blocked_first_port_falls_back_to_the_next(world: Lab) -> None:

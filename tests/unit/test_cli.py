@@ -261,7 +261,8 @@ def test_connect_ad_hoc_builds_the_profile_from_options(
     assert helper.calls == [("connect", {"profile": {
         "name": "adhoc", "gateway": "gw.example.net", "ports": [3544, 4500, 53],
         "prefix": "fd6d:6d74:1:1:1::/80", "home_agent": "fd48:4100::2", "mtu": "auto",
-        "keepalive": 15.0, "routes": ["2001:db8::/32", "fd48::/16"], "auto_connect": False}})]
+        "keepalive": 15.0, "routes": ["2001:db8::/32", "fd48::/16"], "auto_connect": False,
+        "liveness": {"reply_timeout": 3.0, "probe_interval": 1.0, "probes": 3}}})]
 
 
 def test_connect_ad_hoc_does_not_need_a_readable_profiles_file(
@@ -897,8 +898,8 @@ def test_profiles_import_reports_conflicts_and_replaces_only_when_asked(
     write_book(book_path, OFFICE, LAB, default="office")
     before = book_path.read_bytes()
     incoming = tmp_path / "incoming.toml"
-    changed_office = schema.Profile(**{**profiles.profile_to_dict(OFFICE), "mtu": 1400})
-    home = schema.Profile(**{**profiles.profile_to_dict(OFFICE), "name": "home"})
+    changed_office = msgspec.structs.replace(OFFICE, mtu=1400)
+    home = msgspec.structs.replace(OFFICE, name="home")
     write_book(incoming, changed_office, LAB, home, default="home")
 
     run = m6t("profiles", "import", str(incoming))

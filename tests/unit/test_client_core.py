@@ -567,6 +567,49 @@ def test_check_now_never_declares_a_path_dead_that_answered() -> None:
     assert monitor.poll(T0 + 33.0) is not Liveness.PATH_DEAD
 
 
+def test_data_sent_and_nothing_back_probes_after_the_reply_timeout() -> None:
+    # WireGuard's rule: "sent data, no reply" is what a lost NAT mapping looks like.
+    monitor = started(random=fixed(0.0), reply_timeout=3.0, check_interval=1.0)
+    assert monitor.next_deadline() == T0 + 1.0  # looks at the activity once a second
+    monitor.last_sent = T0 + 0.5  # the application sent; nothing came back
+    assert monitor.poll(T0 + 1.0) is Liveness.IDLE
+    # The send came after the last look (T0) and the last receive (T0): counted from there,
+    # which errs towards probing early, never late.
+    assert monitor.unanswered_since == T0
+    assert monitor.next_deadline() == T0 + 3.0
+    monitor.last_sent = T0 + 2.5  # more sends do not postpone it
+    assert monitor.poll(T0 + 2.99) is Liveness.IDLE
+    assert monitor.poll(T0 + 3.0) is Liveness.SEND_KEEPALIVE
+    results = [monitor.poll(T0 + 4.0 + k) for k in range(3)]
+    assert results == [Liveness.SEND_KEEPALIVE, Liveness.SEND_KEEPALIVE, Liveness.PATH_DEAD]
+
+
+def test_sends_that_get_answers_never_probe() -> None:
+    monitor = started(random=fixed(0.0), reply_timeout=3.0, check_interval=1.0)
+    for k in range(1, 60):
+        monitor.last_sent = T0 + k - 0.5
+        if monitor.poll(T0 + k - 0.25) is not Liveness.IDLE:
+            raise AssertionError(f"probed at {k}")
+        monitor.last_received = T0 + k - 0.2  # the answer, 300 ms later
+        assert monitor.poll(T0 + k) is Liveness.IDLE
+    assert monitor.unanswered_since is None
+
+
+def test_an_answered_probe_clears_the_unanswered_send() -> None:
+    monitor = started(random=fixed(0.0), reply_timeout=3.0, check_interval=1.0)
+    monitor.last_sent = T0 + 0.5
+    monitor.poll(T0 + 1.0)
+    assert monitor.poll(T0 + 3.0) is Liveness.SEND_KEEPALIVE
+    monitor.last_received = T0 + 3.6
+    assert monitor.poll(T0 + 4.0) is Liveness.IDLE
+    assert monitor.unanswered_since is None and monitor.probes == 0
+
+
+def test_without_check_interval_an_idle_monitor_wakes_only_for_the_keepalive() -> None:
+    monitor = started(random=fixed(0.0))
+    assert monitor.next_deadline() == T0 + 30.0
+
+
 @dataclass
 class LivenessRun:
     """What a simulated idle tunnel did: keepalives sent, packets received, death."""

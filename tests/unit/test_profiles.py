@@ -99,8 +99,14 @@ def test_a_corrupt_file_is_reported_and_never_written_over(
         ('keepalive = 45\n', "profile office: keepalive: 45 s is outside 1-30 s"),
         ('routes = "everything"\n', "profile office: routes: Invalid enum value 'everything'"),
         ('colour = "blue"\n', "profile office: colour: Object contains unknown field `colour`"),
+        ('liveness = { reply_timeout = 0.5 }\n',
+         "profile office: liveness.reply_timeout: 0.5 is outside 1-30"),
+        ('liveness = { probes = 0 }\n', "profile office: liveness.probes: 0 is outside 1-10"),
+        ('liveness = { probe_every = 2 }\n',
+         "profile office: liveness: Object contains unknown field `probe_every`"),
     ],
-    ids=["mtu_range", "mtu_type", "ports_type", "keepalive", "routes", "unknown_field"],
+    ids=["mtu_range", "mtu_type", "ports_type", "keepalive", "routes", "unknown_field",
+         "liveness_range", "liveness_probes", "liveness_unknown"],
 )
 def test_a_bad_value_names_the_profile_and_the_field(
         path: Path, table: str, expected: str) -> None:

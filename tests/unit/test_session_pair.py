@@ -9,6 +9,7 @@ carries out the session's actions and feeds it what arrives and the passing of t
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -238,21 +239,22 @@ def test_traffic_both_ways_needs_no_keepalive() -> None:
     assert len(driver.delivered) >= 100
 
 
-def test_traffic_one_way_still_probes_the_path_once_per_interval() -> None:
-    """ESP that nothing answers keeps the NAT mapping fresh but says nothing of the way back:
-    a keepalive, answered, does; one per interval, not more."""
+def test_traffic_one_way_is_probed_every_reply_timeout_and_stays_up() -> None:
+    """ESP that nothing answers says nothing of the way back: "sent data, no reply" for 3 s
+    asks the gateway with a keepalive; answered, all is well, and the count starts again."""
     driver = make_driver()
     driver.run_until(driver.now + 1)
     driver.run_until(driver.now + 120, app_every=1.0)
     assert driver.delivered == []
-    assert 3 <= len(driver.keepalives) <= 5
+    gaps = [b - a for a, b in itertools.pairwise(driver.keepalives)]
+    assert gaps and all(3.0 <= gap <= 4.5 for gap in gaps)
     assert len(driver.addresses) == 1
     assert driver.session.address is not None
     assert gateway_state(driver, driver.session.address) is StateKind.ACTIVE
 
 
-def test_a_nat_rebinding_is_noticed_and_a_new_address_takes_over() -> None:
-    driver = make_driver(keepalive=5)
+def test_a_nat_rebinding_under_traffic_is_recovered_within_10_seconds() -> None:
+    driver = make_driver()
     driver.run_until(driver.now + 1)
     old, port = driver.session.address, driver.session.port
     assert old is not None and port is not None
@@ -263,8 +265,8 @@ def test_a_nat_rebinding_is_noticed_and_a_new_address_takes_over() -> None:
     new = driver.session.address
     assert new is not None and new != old
     recovered = driver.connected_at(after=rebound)
-    # keepalive interval (minus jitter) + 3 unanswered probes 1 s apart + the race
-    assert recovered - rebound < 5 + 3 + 1
+    # sent data, no reply for 3 s (noticed within 1 s) + 3 unanswered probes 1 s apart + race
+    assert recovered - rebound <= 3 + 1 + 3 + 0.5
     assert gateway_state(driver, new) is StateKind.ACTIVE
     # "states bind an IPv6 address to an IPv4 address + UDP port and are never updated": the
     # old address's state still points at the old mapping, so it could not be reused.
