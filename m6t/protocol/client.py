@@ -110,6 +110,8 @@ class PortRace:
     retransmit: float = 0.5
     timeout: float = 4.0
     identifier: int = field(default_factory=lambda: secrets.randbits(16))
+    # Ports that start later (seconds): the others get a head start (a remembered port).
+    delays: dict[int, float] = field(default_factory=dict)
     candidates: dict[int, RaceCandidate] = field(init=False)
     started: float = field(init=False)
 
@@ -124,12 +126,15 @@ class PortRace:
             self.candidates[port] = RaceCandidate(port, suffix, address)
 
     def due(self, now: float) -> list[tuple[int, bytes]]:
-        """(port, packet) to send now: first attempts, then retransmissions."""
+        """(port, packet) to send now: first attempts (a delayed port's once its head start
+        is over), then retransmissions."""
         out = []
         for candidate in self.candidates.values():
             if candidate.rtt is None and (
-                    candidate.attempts == 0
-                    or now >= candidate.sent_at + self.retransmit * candidate.attempts):
+                    (candidate.attempts == 0
+                     and now >= self.started + self.delays.get(candidate.port, 0.0))
+                    or (candidate.attempts
+                        and now >= candidate.sent_at + self.retransmit * candidate.attempts)):
                 if candidate.attempts == 0:
                     candidate.sent_at = now
                 candidate.attempts += 1
@@ -139,8 +144,9 @@ class PortRace:
 
     def next_deadline(self) -> float:
         return min([self.started + self.timeout] + [
-            c.sent_at + self.retransmit * c.attempts for c in self.candidates.values()
-            if c.rtt is None])
+            c.sent_at + self.retransmit * c.attempts if c.attempts
+            else self.started + self.delays.get(c.port, 0.0)
+            for c in self.candidates.values() if c.rtt is None])
 
     def receive(self, port: int, packet: bytes, now: float) -> RaceCandidate | None:
         """The candidate this datagram answers (its RTT set), or None."""

@@ -44,6 +44,8 @@ RACE_TIMEOUT = 4.0
 RACE_REPORT_GRACE = 0.25  # after the winner, how long the other ports may still answer
 RESUME_WINDOW = 30.0  # a dead path this soon after a resume is blamed on the resume
 ACTIVITY_CHECK = 1.0  # how often a connected session looks at the data path's activity
+HEAD_START = 0.5  # on a known network, the remembered port races alone for this long
+PORTAL_RECHECK = 5.0  # behind a captive portal, how often to look whether it let us through
 
 
 class TunnelState(enum.StrEnum):
@@ -67,6 +69,7 @@ class Cause(enum.StrEnum):
     NO_IPV4_NETWORK = "no_ipv4_network"
     GATEWAY_UNREACHABLE = "gateway_unreachable"
     RESOLVE_FAILED = "resolve_failed"
+    CAPTIVE_PORTAL = "captive_portal"
     SETUP_FAILED = "setup_failed"
     HELPER_STOPPING = "helper_stopping"
 
@@ -88,6 +91,7 @@ class MtuReason(enum.StrEnum):
     USER_REQUEST = "user_request"
     AUTO = "auto"
     NETWORK_CHANGED = "network_changed"  # a new network: the lowered MTU of the old one is gone
+    REMEMBERED = "remembered"  # a network seen before: what it taught last time, at once
 
 
 class Phase(enum.Enum):
@@ -129,10 +133,27 @@ class Ipv4Path:
 
 
 @dataclass(frozen=True)
+class Remembered:
+    """What a network taught this profile last time (the helper's per-network memory)."""
+
+    port: int
+    mtu: int
+
+
+@dataclass(frozen=True)
 class Resolved:
     gateway: str  # IPv4 literal
     path: Ipv4Path | None  # None: no IPv4 route to it
     taken: frozenset[int] = frozenset()  # suffixes other tunnels on the same /80 use
+    network: str | None = None  # which IPv4 network this is, if the helper could tell
+    remembered: Remembered | None = None  # and what it taught this profile before
+
+
+@dataclass(frozen=True)
+class PortalChecked:
+    """The answer to CheckPortal: the login page's URL, or None when nothing is in the way."""
+
+    url: str | None
 
 
 @dataclass(frozen=True)
@@ -203,7 +224,7 @@ class Stop:
 
 Event = (Resolved | ResolveFailed | RaceDatagram | RaceError | Traffic | KeepaliveAnswered
          | NetworkChanged | Resumed | RegenerateRequested | FragmentationNeeded | MtuRequested
-         | SetupFailed | Stop)
+         | PortalChecked | SetupFailed | Stop)
 
 
 # --- actions: what the session asks the helper to do, in order ---
@@ -267,12 +288,26 @@ class StateChanged:
 
 
 @dataclass(frozen=True)
+class Remember:
+    """Store what this network taught this profile (the port that won, the usable MTU)."""
+
+    network: str
+    port: int
+    mtu: int
+
+
+@dataclass(frozen=True)
+class CheckPortal:
+    """Ask whether the IPv4 network holds us behind a captive portal (answer: PortalChecked)."""
+
+
+@dataclass(frozen=True)
 class Teardown:
     pass
 
 
 Action = (Resolve | OpenRace | SendRaceProbe | CloseRace | UseAddress | ApplyMtu
-          | SendKeepalive | StateChanged | Teardown)
+          | SendKeepalive | StateChanged | Remember | CheckPortal | Teardown)
 
 
 @dataclass(frozen=True)
@@ -318,10 +353,13 @@ class ClientSession:
     rtt: float | None = None
     ports: list[PortResult] = field(default_factory=list)
     mtu: int = DEFAULT_TUNNEL_MTU
+    network: str | None = None  # the network we are connected on (or trying)
+    portal_url: str | None = None  # behind a captive portal: where to log in
     liveness: LivenessMonitor = field(init=False)
     _reason: Cause = Cause.USER_REQUEST  # why the current attempt was started
     _race: PortRace | None = None
     _pending_path: Ipv4Path | None = None  # the route the running race goes over
+    _remembered: Remembered | None = None  # what the network of the running race taught us
     _race_errors: dict[int, str] = field(default_factory=dict)
     _winner: int | None = None
     _race_ends: float = 0.0
@@ -375,6 +413,9 @@ class ClientSession:
             return self._liveness_timer(now)
         if self.phase in (Phase.WAITING, Phase.ERROR) and self._retry_at is not None \
                 and now >= self._retry_at:
+            if self.cause is Cause.CAPTIVE_PORTAL:
+                self._retry_at = now + PORTAL_RECHECK
+                return [CheckPortal()]
             return self._attempt(self._retry_reason())
         return []
 
@@ -397,14 +438,26 @@ class ClientSession:
             # without it there is nothing to try; a network event brings us back.
             return self._wait(Cause.NO_IPV4_NETWORK, backoff=False)
         self._pending_path = event.path
+        self.network = event.network
+        remembered = event.remembered
+        if remembered is not None and remembered.port not in self.config.ports:
+            remembered = None  # the profile changed since
+        self._remembered = remembered
+        actions: list[Action] = []
+        delays: dict[int, float] = {}
+        if remembered is not None:
+            # A known network: its port first, the others after a head start; its MTU now.
+            delays = {port: HEAD_START for port in self.config.ports if port != remembered.port}
+            if not event.path.same_network(self.path):
+                actions += self._apply_mtu(remembered.mtu, MtuReason.REMEMBERED)
         self._race = PortRace(self.config.prefix, self.config.home_agent,
                               list(self.config.ports), now, set(event.taken),
-                              timeout=self.config.race_timeout)
+                              timeout=self.config.race_timeout, delays=delays)
         self._race_errors = {}
         self._winner = None
         self._race_ends = now + self.config.race_timeout
         self.phase = Phase.RACING
-        return [OpenRace(event.gateway, self.config.ports), *self._race_probes(now)]
+        return [*actions, OpenRace(event.gateway, self.config.ports), *self._race_probes(now)]
 
     def _resolve_failed(self, event: ResolveFailed, now: float) -> list[Action]:
         self.message = event.message
@@ -420,10 +473,13 @@ class ClientSession:
             return []
         if self._winner is None:
             # The first answer wins; the others get a moment so the report of which ports
-            # work is honest, without delaying the tunnel noticeably.
+            # work is honest, without delaying the tunnel noticeably. The remembered port
+            # winning its head start ends the race at once: nothing else was tried.
             self._winner = event.port
-            self._race_ends = min(self._race_ends, now + RACE_REPORT_GRACE)
-        if self._race.finished(now):
+            remembered = self._remembered is not None and self._remembered.port == event.port
+            self._race_ends = min(self._race_ends, now if remembered
+                                  else now + RACE_REPORT_GRACE)
+        if self._race.finished(now) or now >= self._race_ends:
             return self._race_over(now)
         return []
 
@@ -441,10 +497,14 @@ class ClientSession:
         race, self._race = self._race, None
         assert race is not None
         self.ports = [PortResult(c.port, c.rtt, None if c.rtt is not None
-                                 else self._race_errors.get(c.port, "no answer"))
+                                 else self._race_errors.get(c.port, "no answer") if c.attempts
+                                 else "not tried: the remembered port answered first")
                       for c in race.candidates.values()]
         if self._winner is None:
-            return [CloseRace(None), *self._wait(Cause.GATEWAY_UNREACHABLE, now=now)]
+            # No port answered: a captive portal that holds everything until a login is the
+            # one case the user can fix; ask, while the back-off runs.
+            return [CloseRace(None), *self._wait(Cause.GATEWAY_UNREACHABLE, now=now),
+                    CheckPortal()]
         won = race.candidates[self._winner]
         assert won.rtt is not None
         path, self._pending_path = self._pending_path, None
@@ -454,8 +514,10 @@ class ClientSession:
         actions: list[Action] = [CloseRace(won.port)]
         actions += self._mtu_for_network(path)
         self.path = path
+        self.portal_url = None
         self.address, self.suffix, self.port, self.rtt = won.address, won.suffix, won.port, won.rtt
         actions.append(UseAddress(won.address, won.suffix, won.port, previous, reason))
+        actions += self._remember()
         if self.config.ports and self._winner != self.config.ports[0] \
                 and not any(c.port == self.config.ports[0] and c.rtt is not None
                             for c in race.candidates.values()):
@@ -480,6 +542,19 @@ class ClientSession:
 
     def _retry_now(self, event: NetworkChanged | Resumed, now: float) -> list[Action]:
         return self._attempt(self._retry_reason())
+
+    def _portal_checked(self, event: PortalChecked, now: float) -> list[Action]:
+        if event.url is None:
+            if self.cause is Cause.CAPTIVE_PORTAL:
+                self.portal_url = None
+                return self._attempt(self._retry_reason())  # let through: try at once
+            return []
+        # "waiting, captive_portal": the user must log in; look again every few seconds
+        # (an HTTP request, no tunnel traffic) and try the moment the portal lets us through.
+        self.portal_url = event.url
+        self.message = f"this network wants a login first: {event.url}"
+        self._retry_at = now + PORTAL_RECHECK
+        return self._enter(Phase.WAITING, Cause.CAPTIVE_PORTAL)
 
     def _enter(self, phase: Phase, cause: Cause) -> list[Action]:
         shown_before = (self.state, self.cause)
@@ -551,8 +626,15 @@ class ClientSession:
         NAT mapping, a new address on request) keep what was learned."""
         if path.same_network(self.path):
             return []
+        if self._remembered is not None:
+            return self._apply_mtu(self._remembered.mtu, MtuReason.REMEMBERED)
         reason = MtuReason.AUTO if self.configured_mtu == "auto" else MtuReason.NETWORK_CHANGED
         return self._apply_mtu(self._base_mtu(path), reason)
+
+    def _remember(self) -> list[Action]:
+        if self.network is None or self.port is None:
+            return []
+        return [Remember(self.network, self.port, self.mtu)]
 
     def _fragmentation_needed(self, event: FragmentationNeeded, now: float) -> list[Action]:
         """"Reception of ICMP Packet too big messages from IPv4 routers on the path may be used
@@ -560,7 +642,7 @@ class ClientSession:
         lowered = tunnel_mtu_for_link(event.ipv4_mtu)
         if lowered >= self.mtu:
             return []
-        return self._apply_mtu(lowered, MtuReason.FRAGMENTATION_NEEDED)
+        return [*self._apply_mtu(lowered, MtuReason.FRAGMENTATION_NEEDED), *self._remember()]
 
     def _mtu_requested(self, event: MtuRequested, now: float) -> list[Action]:
         self.configured_mtu = event.mtu
@@ -600,6 +682,7 @@ TRANSITIONS: dict[tuple[Phase, type[Event]], Callable[..., list[Action]]] = {
     (Phase.CONNECTED, FragmentationNeeded): ClientSession._fragmentation_needed,
     (Phase.WAITING, NetworkChanged): ClientSession._retry_now,
     (Phase.WAITING, Resumed): ClientSession._retry_now,
+    (Phase.WAITING, PortalChecked): ClientSession._portal_checked,
     (Phase.ERROR, NetworkChanged): ClientSession._retry_now,
 }
 # Events every phase (but STOPPED) takes.

@@ -39,6 +39,10 @@ class Driver:
     sent_at: float = 0.0
     received_at: float = 0.0
     app_ping: bool = False  # the application pings the HA (answered) instead of sending ESP
+    memory: dict[str, s.Remembered] = field(default_factory=dict)  # the helper's, per network
+    portal: str | None = None  # a captive portal's login page, while it holds us
+    portal_checks: list[float] = field(default_factory=list)
+    probes_sent: list[tuple[float, int]] = field(default_factory=list)  # race probes: (at, port)
 
     @property
     def now(self) -> float:
@@ -54,10 +58,13 @@ class Driver:
         for action in actions:
             match action:
                 case s.Resolve():
-                    self.feed(s.Resolved(GATEWAY, self.path))
+                    network = self.path.interface if self.path else None
+                    self.feed(s.Resolved(GATEWAY, self.path, network=network,
+                                         remembered=self.memory.get(network or "")))
                 case s.OpenRace(_, ports):
                     self.open_ports = set(ports)
                 case s.SendRaceProbe(port, packet):
+                    self.probes_sent.append((self.now, port))
                     self.link.client_sends(port, packet)
                 case s.CloseRace(keep):
                     self.open_ports = {keep} if keep is not None else set()
@@ -71,6 +78,11 @@ class Driver:
                     self.link.client_sends(self.session.port, packet)
                 case s.StateChanged(state, cause, _):
                     self.states.append((self.now, state, cause))
+                case s.Remember(network, port, mtu):
+                    self.memory[network] = s.Remembered(port, mtu)
+                case s.CheckPortal():
+                    self.portal_checks.append(self.now)
+                    self.feed(s.PortalChecked(self.portal))
                 case s.Teardown():
                     self.open_ports = set()
 
@@ -131,14 +143,16 @@ class Driver:
 
 def make_driver(loss: float = 0.0, *, mtu: int | str = DEFAULT_TUNNEL_MTU,
                 keepalive: float = KEEPALIVE_INTERVAL, blocked: tuple[int, ...] = (),
-                path: s.Ipv4Path | None = WIFI) -> Driver:
+                path: s.Ipv4Path | None = WIFI,
+                memory: dict[str, s.Remembered] | None = None) -> Driver:
     link = make_world()
     link.loss = loss
     link.blocked.update(blocked)
     config = s.SessionConfig(host=GATEWAY, ports=tuple(GATEWAY_PORTS), prefix=PREFIX,
                              home_agent=HOME_AGENT.packed, mtu=mtu,  # type: ignore[arg-type]
                              keepalive=keepalive)
-    driver = Driver(link, s.ClientSession(config, random=lambda: 0.5), path=path)
+    driver = Driver(link, s.ClientSession(config, random=lambda: 0.5), path=path,
+                    memory=dict(memory or {}))
     driver.start()
     return driver
 
@@ -338,3 +352,79 @@ def test_auto_mtu_is_worked_out_for_each_network() -> None:
     driver.run_until(driver.now + 1)
     assert driver.session.mtu == 1472
     assert [reason for _, reason in driver.mtus] == [s.MtuReason.AUTO, s.MtuReason.AUTO]
+
+
+# --- what the helper remembers of each network -------------------------------------------------
+
+
+def test_a_known_network_is_joined_on_its_remembered_port_without_a_race() -> None:
+    driver = make_driver(blocked=(GATEWAY_PORTS[0],))
+    driver.run_until(driver.now + 5)
+    assert driver.session.port == GATEWAY_PORTS[1]
+    assert driver.memory == {"wlan0": s.Remembered(GATEWAY_PORTS[1], DEFAULT_TUNNEL_MTU)}
+    driver.path = WIRED
+    driver.feed(s.NetworkChanged(WIRED))  # leave...
+    driver.run_until(driver.now + 5)
+    driver.probes_sent.clear()
+    driver.path = WIFI
+    rejoined = driver.now
+    driver.feed(s.NetworkChanged(WIFI))  # ...and come back
+    driver.run_until(driver.now + 5)
+    assert driver.session.port == GATEWAY_PORTS[1]
+    # The remembered port answered within its head start: nothing else was tried, and the
+    # tunnel was up one round trip after the network came back, with no grace period.
+    assert {port for _, port in driver.probes_sent} == {GATEWAY_PORTS[1]}
+    assert driver.connected_at(after=rejoined) - rejoined <= 0.05
+    untried = [p for p in driver.session.ports if p.port != GATEWAY_PORTS[1]]
+    assert all(p.error and p.error.startswith("not tried") for p in untried)
+
+
+def test_a_remembered_port_that_no_longer_answers_loses_only_its_head_start() -> None:
+    # This network now filters what worked before.
+    driver = make_driver(blocked=(GATEWAY_PORTS[2],),
+                         memory={"wlan0": s.Remembered(GATEWAY_PORTS[2], DEFAULT_TUNNEL_MTU)})
+    start = driver.now
+    driver.run_until(start + 5)
+    assert driver.session.state is s.TunnelState.CONNECTED
+    connected = driver.connected_at(after=start) - start
+    assert s.HEAD_START <= connected <= s.HEAD_START + 0.1 + s.RACE_REPORT_GRACE
+    assert driver.memory["wlan0"].port in GATEWAY_PORTS[:2]  # memory follows what works now
+
+
+def test_a_remembered_mtu_is_applied_at_once_and_learning_updates_it() -> None:
+    driver = make_driver(memory={"wlan0": s.Remembered(GATEWAY_PORTS[0], 1372)})
+    driver.run_until(driver.now + 1)
+    assert driver.mtus[0] == (1372, s.MtuReason.REMEMBERED)
+    assert driver.session.mtu == 1372
+    driver.feed(s.FragmentationNeeded(1350))
+    assert driver.memory["wlan0"] == s.Remembered(GATEWAY_PORTS[0], 1322)
+
+
+# --- captive portals --------------------------------------------------------------------------
+
+
+def test_a_captive_portal_is_said_and_the_tunnel_comes_once_it_lets_us_through() -> None:
+    driver = make_driver(blocked=tuple(GATEWAY_PORTS))
+    driver.portal = "http://192.168.1.1/login"
+    driver.run_until(driver.now + 5)
+    assert (driver.session.state, driver.session.cause) == (s.TunnelState.WAITING,
+                                                            s.Cause.CAPTIVE_PORTAL)
+    assert driver.session.portal_url == "http://192.168.1.1/login"
+    waiting = driver.now
+    driver.run_until(waiting + 12)
+    assert len(driver.portal_checks) >= 3  # looked again every 5 s, no race meanwhile
+    assert driver.session.cause is s.Cause.CAPTIVE_PORTAL
+    driver.portal = None  # the user logged in
+    driver.link.blocked.clear()
+    logged_in = driver.now
+    driver.run_until(logged_in + 6)
+    assert driver.session.state is s.TunnelState.CONNECTED
+    assert driver.session.portal_url is None
+    assert driver.connected_at(after=logged_in) - logged_in <= s.PORTAL_RECHECK + 0.1
+
+
+def test_no_portal_keeps_gateway_unreachable_with_its_back_off() -> None:
+    driver = make_driver(blocked=tuple(GATEWAY_PORTS))
+    driver.run_until(driver.now + 4.5)  # the race (4 s) is over, the retry (1 s) not yet due
+    assert driver.session.cause is s.Cause.GATEWAY_UNREACHABLE
+    assert len(driver.portal_checks) == 1
