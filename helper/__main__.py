@@ -7,9 +7,11 @@ import asyncio
 import logging
 import os
 import sys
+from pathlib import Path
 
 from m6t import __version__
 from m6t.control.schema import DEFAULT_SOCKET
+from m6t.linux import portal
 
 CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
@@ -35,10 +37,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="members of this group may change things (default m6t)")
     parser.add_argument("--others", choices=("read", "none"), default="read",
                         help="what other users get: read-only status (default) or nothing")
+    parser.add_argument("--state-dir", type=Path,
+                        default=Path(os.environ.get("M6T_STATE_DIR", "/var/lib/m6t")),
+                        help="where to remember each network's port and MTU (default "
+                             "/var/lib/m6t, or $M6T_STATE_DIR)")
+    parser.add_argument("--portal-probe", default=portal.DEFAULT_PROBE, metavar="URL",
+                        help="http:// URL whose answer is known, to tell a captive portal "
+                             f"(default {portal.DEFAULT_PROBE})")
+    parser.add_argument("--portal-expect", default=portal.DEFAULT_EXPECT, metavar="TEXT",
+                        help="the probe's 200 answer (default: %(default)r); empty: the probe "
+                             "answers 204 No Content")
     parser.add_argument("--line-timeout", type=float, default=10.0, help=argparse.SUPPRESS)
     parser.add_argument("--verbose", "-v", action="store_true", help="log every event")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
+    try:
+        probe = portal.PortalProbe(args.portal_probe, args.portal_expect or None)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     capabilities = effective_capabilities()
     if not capabilities >> CAP_NET_ADMIN & 1:
@@ -54,9 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("asyncio").setLevel(logging.ERROR)
 
     from .daemon import Helper
+    from .io import LinuxIO
 
     async def run() -> None:
-        helper = Helper(args.socket, args.group, args.others)
+        helper = Helper(args.socket, args.group, args.others, io=LinuxIO(probe),
+                        state_dir=args.state_dir)
         helper.control.line_timeout = args.line_timeout
         await helper.run()
 

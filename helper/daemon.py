@@ -9,6 +9,7 @@ import logging
 import signal
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 from m6t import __version__
 from m6t.control import schema
@@ -18,8 +19,10 @@ from m6t.control.schema import (
     ConnectParams,
     DisconnectResult,
     Event,
+    ForgetNetworkParams,
     MtuReport,
     NameParams,
+    NetworksResult,
     NoParams,
     OptionalNameParams,
     ProbeParams,
@@ -40,10 +43,12 @@ from m6t.protocol.session import Cause
 
 from .control import Connection, ControlServer, Handler
 from .io import HelperIO, LinuxIO
+from .memory import NetworkMemory
 from .tunnel import Tunnel, probe_ports
 
 log = logging.getLogger("m6t.helper")
 
+DEFAULT_STATE_DIR = Path("/var/lib/m6t")
 FIRST_OUTCOME_TIMEOUT = 20.0
 TRAFFIC_INTERVAL = 1.0
 
@@ -58,9 +63,10 @@ def _valid(profile: Profile) -> Profile:
 
 class Helper:
     def __init__(self, socket_path: str, group: str, others: str,
-                 io: HelperIO | None = None) -> None:
+                 io: HelperIO | None = None, state_dir: Path = DEFAULT_STATE_DIR) -> None:
         self.loop = asyncio.get_running_loop()
         self.io: HelperIO = io if io is not None else LinuxIO()
+        self.memory = NetworkMemory(state_dir)
         self.tunnels: dict[str, Tunnel] = {}
         self.started = time.time()
         self._stop = asyncio.Event()
@@ -69,6 +75,7 @@ class Helper:
             "version": self.version, "status": self.status, "subscribe": self.subscribe,
             "connect": self.connect, "disconnect": self.disconnect, "probe": self.probe,
             "probe_mtu": self.probe_mtu, "set_mtu": self.set_mtu, "regenerate": self.regenerate,
+            "networks": self.networks, "forget_network": self.forget_network,
         }
         self.control = ControlServer(socket_path, group, others, handlers)
         self._traffic: dict[str, tuple[float, int, int]] = {}
@@ -246,3 +253,17 @@ class Helper:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(outcome, FIRST_OUTCOME_TIMEOUT)
         return tunnel.status()
+
+    async def networks(self, connection: Connection, params: NoParams) -> NetworksResult:
+        current = {t.session.network for t in self.tunnels.values()
+                   if t.state == "connected" and t.session.network}
+        return NetworksResult(networks=self.memory.known(current), saved=self.memory.saved)
+
+    async def forget_network(self, connection: Connection,
+                             params: ForgetNetworkParams) -> NetworksResult:
+        if not self.memory.forget(params.network) and params.network is not None:
+            known = sorted({n.id for n in self.memory.known()})
+            raise NotFound(f"no known network {params.network!r} (known: "
+                           f"{', '.join(known) or 'none'})")
+        log.info("forgot %s", f"network {params.network}" if params.network else "every network")
+        return await self.networks(connection, NoParams())

@@ -1,8 +1,9 @@
 """Everything the helper asks of the operating system, behind one small interface.
 
 `HelperIO` is what the daemon and its tunnels use: resolve a name, find the route to the
-gateway, open a UDP socket connected to a gateway port, create the tunnel interface, watch the
-network, and hear ICMP "fragmentation needed". `LinuxIO` is the real thing (pyroute2, TUN,
+gateway, tell which network this is, ask whether a captive portal is in the way, open a UDP
+socket connected to a gateway port, create the tunnel interface, watch the network, and hear
+ICMP "fragmentation needed". `LinuxIO` is the real thing (pyroute2, TUN,
 sockets; root, tested in network namespaces); tests/helper_world.py has an in-memory one that
 runs the real helper against the real gateway core without root.
 """
@@ -15,6 +16,8 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from m6t.linux import netident, portal
+from m6t.linux.netident import NetworkIdentity
 from m6t.linux.netlink import Netlink
 from m6t.linux.tun import PacketDevice
 from m6t.linux.udp import (
@@ -50,6 +53,8 @@ class Closeable(Protocol):
 class HelperIO(Protocol):
     async def resolve(self, host: str) -> str: ...
     def route_to(self, address: str) -> Ipv4Path | None: ...
+    async def identify_network(self, path: Ipv4Path) -> NetworkIdentity | None: ...
+    async def check_portal(self) -> str | None: ...
     def open_udp(self, gateway: str, port: int) -> socket.socket: ...
     def create_interface(self, name: str, mtu: int) -> Interface: ...
     def free_name(self, taken: set[str]) -> str: ...
@@ -63,9 +68,9 @@ class HelperIO(Protocol):
 
 
 class LinuxIO:
-    def __init__(self) -> None:
+    def __init__(self, portal_probe: portal.PortalProbe | None = None) -> None:
         self.netlink = Netlink()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.portal_probe = portal_probe or portal.PortalProbe()
 
     async def resolve(self, host: str) -> str:
         try:
@@ -82,6 +87,12 @@ class LinuxIO:
         if route is None:
             return None
         return Ipv4Path(route.ifname, route.gateway, route.source, route.mtu)
+
+    async def identify_network(self, path: Ipv4Path) -> NetworkIdentity | None:
+        return await netident.identify(self.netlink, path)
+
+    async def check_portal(self) -> str | None:
+        return await portal.check(self.portal_probe)
 
     def open_udp(self, gateway: str, port: int) -> socket.socket:
         return open_tunnel_socket(connect=(gateway, port))

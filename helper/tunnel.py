@@ -44,6 +44,7 @@ from m6t.protocol.packets import parse_echo
 
 from .datapath import Pump, Target
 from .io import HelperIO, Interface
+from .memory import NetworkMemory
 
 log = logging.getLogger("m6t.helper")
 
@@ -55,6 +56,7 @@ OLD_SOCKET_GRACE = 1.0  # the pump thread may still poll the old socket for a mo
 class HelperContext(Protocol):
     loop: asyncio.AbstractEventLoop
     io: HelperIO
+    memory: NetworkMemory
 
     def publish(self, event: Event) -> None: ...
     def taken_suffixes(self, prefix: str, exclude: Tunnel | None) -> set[int]: ...
@@ -94,6 +96,8 @@ class Tunnel:
         self._kept: tuple[int, socket.socket] | None = None  # the race winner's socket
         self._timer: asyncio.TimerHandle | None = None
         self._resolving: asyncio.Task[None] | None = None
+        self._portal_check: asyncio.Task[None] | None = None
+        self.network_label: str | None = None
         self._work: deque[Callable[[float], list[s.Action]]] = deque()
         self._busy = False
         self._probe_waiters: dict[int, asyncio.Future[None]] = {}
@@ -128,7 +132,9 @@ class Tunnel:
             rx_packets=pump.rx_packets if pump else 0, tx_packets=pump.tx_packets if pump else 0,
             drops=pump.drops() if pump else {}, since=self.since, history=list(self.history),
             ports=port_probes(session.ports),
-            message=session.message if session.state == s.TunnelState.ERROR else None)
+            message=session.message if session.state == s.TunnelState.ERROR else None,
+            network=session.network, network_label=self.network_label,
+            portal_url=session.portal_url)
 
     def next_outcome(self) -> asyncio.Future[None]:
         """Resolves when the next connection attempt is decided (connected/waiting/error)."""
@@ -152,10 +158,11 @@ class Tunnel:
         self.feed(s.Stop(cause))
         if self._timer is not None:
             self._timer.cancel()
-        if self._resolving is not None:
-            self._resolving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._resolving
+        for task in (self._resolving, self._portal_check):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._settle_outcomes(force=True)
 
     def network_changed(self) -> None:
@@ -253,6 +260,12 @@ class Tunnel:
                     tunnel=self.name, profile=self.profile.name, state=state, cause=cause,
                     status=self.status(), message=message))
                 self._settle_outcomes()
+            case s.Remember(network, port, mtu):
+                self.context.memory.remember(network, self.network_label or network,
+                                             self.profile.name, port, mtu)
+            case s.CheckPortal():
+                if self._portal_check is None or self._portal_check.done():
+                    self._portal_check = self.loop.create_task(self._check_portal())
             case s.Teardown():
                 self._teardown()
 
@@ -274,8 +287,18 @@ class Tunnel:
         except OSError as exc:
             self.feed(s.ResolveFailed(str(exc)))
             return
-        taken = self.context.taken_suffixes(self.profile.prefix, self)
-        self.feed(s.Resolved(gateway, self.io.route_to(gateway), frozenset(taken)))
+        taken = frozenset(self.context.taken_suffixes(self.profile.prefix, self))
+        path = self.io.route_to(gateway)
+        identity = await self.io.identify_network(path) if path is not None else None
+        remembered = None
+        if identity is not None:
+            self.network_label = identity.label
+            remembered = self.context.memory.recall(identity.id, self.profile.name)
+        self.feed(s.Resolved(gateway, path, taken, identity.id if identity else None,
+                             remembered))
+
+    async def _check_portal(self) -> None:
+        self.feed(s.PortalChecked(await self.io.check_portal()))
 
     def _open_race(self, gateway: str, ports: tuple[int, ...]) -> None:
         """One socket per port, each connected: the kernel lets only the gateway in."""
@@ -407,6 +430,9 @@ class Tunnel:
             self._probe_waiters = {}
         answered = sorted(size for size in sizes if _answered(waiters[size]))
         fragments_pass = _answered(waiters[fragment_sequence])
+        if self.session.network is not None:
+            self.context.memory.note_fragments(self.session.network, self.profile.name,
+                                               fragments_pass)
         for waiter in waiters.values():
             waiter.cancel()
         return MtuReport(mtu=max(answered) if answered else 0, fragments_pass=fragments_pass,

@@ -32,6 +32,7 @@ from m6t.control.client import HelperClient
 from m6t.control.schema import Profile
 from m6t.gateway.config import load_config
 from m6t.gateway.daemon import GatewayDaemon, GatewayIO
+from m6t.linux.netident import NetworkIdentity, network_identity
 from m6t.linux.tuntest import ChannelTun, FakeNetlink, FakeNetwork
 from m6t.linux.udp import FragmentationNeeded
 from m6t.protocol.packets import build_echo, echo_reply_for, parse_echo
@@ -101,6 +102,10 @@ class FakeHelperIO:
         self.names: dict[str, str] = {}  # host names the resolver knows
         self.interfaces: list[FakeInterface] = []
         self.fail_interface: str | None = None  # create_interface raises this
+        self.router_mac: str | None = "02:fc:00:00:00:01"
+        self.portal: str | None = None  # a captive portal's login page, while it holds us
+        self.portal_checks = 0
+        self.blocked: set[int] = set()  # gateway ports this network filters
         self.on_change: Callable[[], None] | None = None
         self.on_resume: Callable[[float], None] | None = None
         self.on_icmp: Callable[[Iterable[FragmentationNeeded]], None] | None = None
@@ -116,9 +121,18 @@ class FakeHelperIO:
     def route_to(self, address: str) -> Ipv4Path | None:
         return self.path
 
+    async def identify_network(self, path: Ipv4Path) -> NetworkIdentity | None:
+        return network_identity(path, self.router_mac, None)
+
+    async def check_portal(self) -> str | None:
+        self.portal_checks += 1
+        return self.portal
+
     def open_udp(self, gateway: str, port: int) -> socket.socket:
         if self.path is None:
             raise OSError(101, "Network is unreachable")
+        if port in self.blocked:  # this network filters that port: datagrams go nowhere
+            return self.network.open(bind=(self.local_ip, 0), connect=("192.0.2.254", port))
         return self.network.open(bind=(self.local_ip, 0), connect=(gateway, port))
 
     def create_interface(self, name: str, mtu: int) -> FakeInterface:
@@ -159,6 +173,7 @@ class HelperWorld:
             open_icmp_listener=self.network.icmp_listener, open_routing=FakeNetlink))
         self.io = FakeHelperIO(self.network)
         self.socket_path = str(tmp_path / "helper.sock")
+        self.state_dir = tmp_path / "state"
         self.group = grp.getgrgid(os.getgid()).gr_name  # so that this user may change things
         self.loop = asyncio.new_event_loop()
         self.helper: Helper | None = None
@@ -198,7 +213,8 @@ class HelperWorld:
         asyncio.set_event_loop(self.loop)
 
         async def main() -> None:
-            self.helper = Helper(self.socket_path, self.group, "read", io=self.io)
+            self.helper = Helper(self.socket_path, self.group, "read", io=self.io,
+                                 state_dir=self.state_dir)
             await self.helper.run(handle_signals=False)
 
         self.loop.run_until_complete(main())

@@ -259,6 +259,9 @@ class TunnelStatus(msgspec.Struct, kw_only=True):
     history: list[AddressChange] = []
     ports: list[PortProbe] = []  # what the last race saw of each port
     message: str | None = None  # with state "error": what failed
+    network: str | None = None  # the IPv4 network the tunnel runs over (KnownNetwork.id)
+    network_label: str | None = None  # the same, in words
+    portal_url: str | None = None  # with cause "captive_portal": the page to log in on
 
 
 # --- params (every method's, decoded strictly: an unknown field is an error) ---
@@ -290,6 +293,10 @@ class SetMtuParams(msgspec.Struct, forbid_unknown_fields=True):
     mtu: int | Literal["auto"]
 
 
+class ForgetNetworkParams(msgspec.Struct, forbid_unknown_fields=True):
+    network: str | None = None  # a KnownNetwork.id; none: forget every network
+
+
 # --- results ---
 
 
@@ -311,6 +318,24 @@ class DisconnectResult(msgspec.Struct, kw_only=True):
 class ProbeResult(msgspec.Struct, kw_only=True):
     gateway_address: str
     ports: list[PortProbe]
+
+
+class KnownNetwork(msgspec.Struct, kw_only=True):
+    """What the helper remembers of one IPv4 network for one profile."""
+
+    id: str  # stable for the network: a hash of its router's MAC address, its SSID, ...
+    label: str  # the same in words ("Wi-Fi CoffeeShop, router 02:fc:00:00:00:01")
+    profile: str
+    port: int  # the port that won there
+    mtu: int  # the tunnel MTU that worked there
+    fragments_pass: bool | None  # whether IPv4 fragments got through (None: never tested)
+    last_seen: float  # Unix time
+    current: bool = False  # a tunnel runs over it now
+
+
+class NetworksResult(msgspec.Struct, kw_only=True):
+    networks: list[KnownNetwork]
+    saved: bool = True  # False: the state file could not be written (see the helper's log)
 
 
 # --- events (after `subscribe`; docs/control-api.md, "Events") ---
@@ -384,4 +409,6 @@ METHODS: dict[str, MethodSpec] = {
     "probe_mtu": MethodSpec(NameParams, MtuReport, writes=True),
     "set_mtu": MethodSpec(SetMtuParams, TunnelStatus, writes=True),
     "regenerate": MethodSpec(NameParams, TunnelStatus, writes=True),
+    "networks": MethodSpec(NoParams, NetworksResult, writes=False),
+    "forget_network": MethodSpec(ForgetNetworkParams, NetworksResult, writes=True),
 }

@@ -35,6 +35,9 @@ log = logging.getLogger("m6t.lab")
 REQUIRED_TOOLS = ("ip", "nft")
 
 
+PORTAL_EXPECT = "m6t lab: online"
+
+
 class LabError(RuntimeError):
     pass
 
@@ -312,8 +315,13 @@ table ip lab {{
         so clients in the host namespace reach it as they would /run/m6t/helper.sock."""
         path = self.workdir / "helper.sock"
         self.helper_socket = str(path)
+        # Its memory of networks and its captive-portal probe stay inside the lab: the state
+        # in the work directory, the probe on the NAT box (answered once start_portal() runs).
+        defaults = ["--state-dir", str(self.workdir / "state"),
+                    "--portal-probe", f"http://{self.addr.nat_lan}/m6t-check",
+                    "--portal-expect", PORTAL_EXPECT]
         process = self.spawn("mn", [sys.executable, "-m", "m6t_helper", "--socket", str(path),
-                                    *args], log_name="helper")
+                                    *defaults, *args], log_name="helper")
         self.helper_process = process
 
         def ready() -> bool:

@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 _GONE = (errno.ENODEV, errno.ESRCH, errno.EADDRNOTAVAIL, errno.ENOENT)
 RTM_F_CLONED = 0x200  # cached PMTU entries show up in route dumps: not real routes
+# Neighbour states (linux/neighbour.h): entries whose link-layer address can be trusted.
+NUD_NONE = 0x00
+_NUD_VALID = 0x02 | 0x04 | 0x08 | 0x10 | 0x40 | 0x80  # reachable, stale, delay, probe, ...
+NTF_USE = 0x01
 
 
 def _tolerate(codes: tuple[int, ...], action: Callable[[], object]) -> bool:
@@ -168,6 +172,27 @@ class Netlink:
         if metrics is not None and metrics.get("RTAX_MTU"):
             mtu = metrics.get("RTAX_MTU")
         return RouteInfo(ifname, route.get("RTA_GATEWAY"), route.get("RTA_PREFSRC"), mtu)
+
+
+    def neighbour_mac(self, ifname: str, address: str) -> str | None:
+        """The link-layer address of an IPv4 neighbour (the router), if the kernel knows it."""
+        index = self.index(ifname)
+        if index is None:
+            return None
+        for entry in self._ipr.get_neighbours(ifindex=index, dst=address):
+            mac = entry.get("NDA_LLADDR")
+            if mac and entry["state"] & _NUD_VALID:
+                return str(mac)
+        return None
+
+    def resolve_neighbour(self, ifname: str, address: str) -> None:
+        """Ask the kernel to resolve a neighbour now (an ARP request), as a packet to it would:
+        NTF_USE on a neighbour entry triggers the kernel's own resolution."""
+        index = self.index(ifname)
+        if index is None:
+            return
+        _tolerate((errno.EINVAL, errno.EEXIST, errno.EPERM), lambda: self._ipr.neigh(
+            "replace", dst=address, ifindex=index, flags=NTF_USE, state=NUD_NONE))
 
 
 def write_sysctl(name: str, value: str) -> None:

@@ -85,7 +85,8 @@ def test_the_error_table_is_the_helpers_codes() -> None:
 
 
 def test_the_example_records_have_exactly_the_records_fields() -> None:
-    for title, record in (("Profile", schema.Profile), ("TunnelStatus", schema.TunnelStatus)):
+    for title, record in (("Profile", schema.Profile), ("TunnelStatus", schema.TunnelStatus),
+                          ("KnownNetwork", schema.KnownNetwork)):
         example = re.search(r"```json\n(.*?)```", section(title), re.S)
         assert example is not None
         data = json.loads(example.group(1))

@@ -17,7 +17,7 @@ from m6t.control.errors import NotFound, Unavailable
 from m6t.control.schema import AddressEvent, MtuEvent, RemovedEvent, StateEvent, TunnelStatus
 from m6t.linux.udp import FragmentationNeeded
 from m6t.protocol.session import AddressReason, Cause, MtuReason, TunnelState
-from tests.helper_world import GATEWAY, WIRED, HelperWorld, wait_until
+from tests.helper_world import GATEWAY, WIFI, WIRED, HelperWorld, wait_until
 
 
 @pytest.fixture
@@ -171,3 +171,55 @@ def test_stopping_the_helper_closes_every_interface(tmp_path: Path) -> None:
         assert len(world.io.interfaces) == 2
     assert all(interface.closed for interface in world.io.interfaces)
     assert world.io.closed
+
+
+# --- per-network memory and captive portals ---------------------------------------------------
+
+
+def test_a_known_network_is_joined_on_its_remembered_port(world: HelperWorld) -> None:
+    world.io.blocked = {3544}  # this network filters the first port
+    first = world.call("connect", profile=world.profile())
+    assert (first.port, first.cause) == (4500, Cause.PORT_FALLBACK)
+    [known] = world.call("networks").networks
+    assert (known.id, known.port, known.profile, known.current) == (first.network, 4500,
+                                                                    "lab", True)
+    assert known.label == first.network_label and "02:fc:00:00:00:01" in known.label
+    world.move_to(WIRED)
+    wait_until(lambda: status(world).network not in (None, first.network)
+               and status(world).state == TunnelState.CONNECTED, "connected on the wire")
+    world.move_to(WIFI)  # back on the network that filters 3544
+    back = wait_until(lambda: (s := status(world)).network == first.network
+                      and s.state == TunnelState.CONNECTED and s, "back on the Wi-Fi")
+    assert back.port == 4500
+    tried = {probe.port: probe.error for probe in back.ports}
+    assert tried[3544] is not None and tried[3544].startswith("not tried")
+    world.ping()
+
+
+def test_networks_can_be_forgotten_one_or_all(world: HelperWorld) -> None:
+    world.call("connect", profile=world.profile())
+    world.move_to(WIRED)
+    wait_until(lambda: len(world.call("networks").networks) == 2, "two known networks")
+    wired = next(n for n in world.call("networks").networks if n.current)
+    left = world.call("forget_network", network=wired.id).networks
+    assert [n.id for n in left] != [] and wired.id not in [n.id for n in left]
+    with pytest.raises(NotFound, match="no known network"):
+        world.call("forget_network", network=wired.id)
+    assert world.call("forget_network").networks == []
+    assert world.call("networks").saved is True
+
+
+def test_a_captive_portal_is_said_and_the_tunnel_comes_after_the_login(
+        world: HelperWorld) -> None:
+    world.io.blocked = {3544, 4500}  # the portal lets no UDP through...
+    world.io.portal = "http://192.168.1.1/login"  # ...and answers HTTP with its login page
+    result = world.call("connect", profile=world.profile())
+    assert result.state == TunnelState.WAITING
+    held = wait_until(lambda: (s := status(world)).cause == Cause.CAPTIVE_PORTAL and s,
+                      "the portal to be noticed")
+    assert held.portal_url == "http://192.168.1.1/login"
+    world.io.blocked, world.io.portal = set(), None  # the user logged in
+    wait_until(lambda: status(world).state == TunnelState.CONNECTED,
+               "the tunnel after the login", timeout=10)
+    assert status(world).portal_url is None
+    world.ping()
