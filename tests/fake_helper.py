@@ -4,6 +4,7 @@ test; the protocol (framing, envelopes, errors, events) is the real one, from m6
 
     with FakeHelper(tmp_path / "helper.sock") as helper:
         helper.tunnels["office"] = status_for(profile)   # TunnelStatus fields, as plain data
+        helper.networks.append(known_network("5f0c2d9a61b7e3a4", "office"))  # its memory
         helper.handlers["probe"] = lambda params: ...     # a result, or raise a ControlError
         helper.emit(StateEvent(...))                      # or a dict, to every subscriber
         helper.send_raw(b"garbage\\n")                     # to every connection
@@ -62,6 +63,16 @@ def status_for(profile: schema.Profile, state: str = "connected", cause: str = "
         ports=[schema.PortProbe(port=p, reachable=True, rtt_ms=0.6) for p in profile.ports]))
 
 
+def known_network(network_id: str, profile: str, label: str = "router 192.168.1.1 "
+                  "(02:fc:00:00:00:01), on wlan0", port: int = 3544, mtu: int = DEFAULT_TUNNEL_MTU,
+                  fragments_pass: bool | None = None, last_seen: float = 0.0,
+                  current: bool = False) -> dict[str, Any]:
+    """A KnownNetwork, as plain data (what the helper remembers of a network for a profile)."""
+    return msgspec.to_builtins(schema.KnownNetwork(
+        id=network_id, label=label, profile=profile, port=port, mtu=mtu,
+        fragments_pass=fragments_pass, last_seen=last_seen, current=current))
+
+
 def _event_line(event: schema.Event | dict[str, Any]) -> bytes:
     if isinstance(event, dict):
         return msgspec.json.encode({"jsonrpc": "2.0", "method": "event", "params": event}) + b"\n"
@@ -73,6 +84,8 @@ class FakeHelper:
         self.path = path
         self.read_only = read_only
         self.tunnels: dict[str, dict[str, Any]] = {}
+        self.networks: list[dict[str, Any]] = []  # KnownNetwork records, as plain data
+        self.networks_saved = True  # NetworksResult.saved
         self.calls: list[tuple[str, Any]] = []
         self.handlers: dict[str, Handler] = {}  # override or add methods
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -174,6 +187,16 @@ class FakeHelper:
     def _not_found(self, name: Any) -> NotFound:
         return NotFound(f"no tunnel for profile {name!r}", ErrorData(tunnels=sorted(self.tunnels)))
 
+    def _forget_network(self, network: Any) -> dict[str, Any]:
+        """Like the real helper: one network (for every profile), or all of them; an id it
+        does not know is NotFound."""
+        known = sorted({entry["id"] for entry in self.networks})
+        if network is not None and network not in known:
+            raise NotFound(f"no known network {network!r} (known: {', '.join(known) or 'none'})")
+        self.networks[:] = [entry for entry in self.networks
+                            if network is not None and entry["id"] != network]
+        return {"networks": list(self.networks), "saved": self.networks_saved}
+
     def _dispatch(self, conn: socket.socket, method: str, params: dict[str, Any]) -> Any:
         if method in self.handlers:
             return self.handlers[method](params)
@@ -186,6 +209,8 @@ class FakeHelper:
                     self._subscribers.append(conn)
             return {"tunnels": list(self.tunnels.values()), "access": access,
                     "group": "m6t"}
+        if method == "networks":
+            return {"networks": list(self.networks), "saved": self.networks_saved}
         if method not in schema.METHODS:
             raise MethodNotFound(f"unknown method {method!r}")
         if self.read_only:
@@ -203,6 +228,8 @@ class FakeHelper:
                            for p in profile.ports])
             self.tunnels[profile.name] = status_for(profile)
             return self.tunnels[profile.name]
+        if method == "forget_network":
+            return self._forget_network(params.get("network"))
         if method == "disconnect":
             name = params.get("profile")
             names = [name] if name else list(self.tunnels)

@@ -7,6 +7,7 @@ status 1, or 2 when the command line itself is wrong; never a traceback.
 
     parser.py            the command line: commands, options, argument types
     tunnel_commands.py   the commands that go through the helper (status, connect, watch...)
+    network_commands.py  `m6t networks`: what the helper remembers of each network, forgetting
     profile_commands.py  the profiles file, `prefix new`, and which profile a command uses
     render.py            records in words for people, or as JSON for scripts
     errors.py            failures as one line (CliError, UsageError, ControlError)

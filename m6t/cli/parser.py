@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from m6t.cli.errors import UsageError
+from m6t.cli.network_commands import cmd_networks, cmd_networks_forget
 from m6t.cli.profile_commands import (
     cmd_prefix_new,
     cmd_profiles_add,
@@ -148,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     json_option.add_argument("--json", action="store_true",
                              help="print the result as JSON (stable: the API's own fields)")
     with_json = [common, json_option]
+    # Under `networks` (which takes --json itself): not given, it leaves the parent's value.
+    json_kept = _Parser(add_help=False)
+    json_kept.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                           help="print the result as JSON (stable: the API's own fields)")
 
     parser = _Parser(prog="m6t", description="IPv6 through m6t tunnels (draft-ebalard-mext-"
                      "m6t-02) from IPv4-only networks, driven through m6t-helper.")
@@ -191,6 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help="JSON lines (the default)")
     output.add_argument("--text", action="store_true", help="short lines for humans")
     command.add_argument("--count", type=_positive, help=argparse.SUPPRESS)  # stop after N
+
+    networks = _add_command(commands, "networks", cmd_networks, with_json,
+                            "what the helper remembers of each network: port, MTU, fragments",
+                            description="Without a command: the list (`m6t networks list`).")
+    network_commands = networks.add_subparsers(dest="networks_command", metavar="COMMAND")
+    _add_command(network_commands, "list", cmd_networks, [common, json_kept],
+                 "the networks the helper remembers (also: m6t networks)")
+    command = _add_command(network_commands, "forget", cmd_networks_forget, [common, json_kept],
+                           "forget a network (its port, MTU and fragments), or every one")
+    command.add_argument("network", nargs="?", metavar="ID",
+                         help="a network's ID from `m6t networks`, or enough of its start")
+    command.add_argument("--all", action="store_true", help="forget every network")
 
     prefix = commands.add_parser("prefix", parents=parent, help="tunnel prefixes")
     prefix_commands = prefix.add_subparsers(dest="prefix_command", metavar="COMMAND",

@@ -40,6 +40,8 @@ CAUSE_WORDS: dict[Cause, str] = {
     Cause.NO_IPV4_NETWORK: "no IPv4 network; it comes back by itself",
     Cause.GATEWAY_UNREACHABLE: "no port of the gateway answered; retrying with back-off",
     Cause.RESOLVE_FAILED: "the gateway's name did not resolve; retrying",
+    Cause.CAPTIVE_PORTAL: "this network wants you to log in first (open any web page), then "
+                          "the tunnel connects by itself",
     Cause.SETUP_FAILED: "setting up the tunnel interface failed",
     Cause.HELPER_STOPPING: "the helper is stopping",
 }
@@ -57,6 +59,7 @@ MTU_REASON_WORDS: dict[MtuReason, str] = {
     MtuReason.USER_REQUEST: "on request",
     MtuReason.AUTO: "automatic",
     MtuReason.NETWORK_CHANGED: "the network changed",
+    MtuReason.REMEMBERED: "remembered from the last time on this network",
 }
 
 
@@ -99,7 +102,7 @@ def milliseconds(rtt: float | None) -> str:
     return f"{rtt:.1f} ms" if rtt < 100 else f"{rtt:.0f} ms"
 
 
-def _ago(seconds: float) -> str:
+def ago(seconds: float) -> str:
     if seconds < 60:
         return "just now" if seconds < 1 else f"{seconds:.0f} s ago"
     minutes = int(seconds // 60)
@@ -115,7 +118,7 @@ def _since(since: float) -> str:
     if not since:
         return "-"
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
-    return f"{when} ({_ago(max(0.0, time.time() - since))})"
+    return f"{when} ({ago(max(0.0, time.time() - since))})"
 
 
 def print_table(rows: Sequence[tuple[str, ...]], indent: str = "") -> None:
@@ -139,7 +142,15 @@ def _unanswered_before(tunnel: TunnelStatus) -> list[str]:
     return []  # the winning port is not in the list: nothing to say about "earlier"
 
 
+def portal_words(url: str) -> str:
+    """Behind a captive portal: what to do, with the page the helper found."""
+    return f"this network wants you to log in first: open {url}, then the tunnel connects " \
+           "by itself"
+
+
 def state_words(tunnel: TunnelStatus) -> str:
+    if tunnel.cause == Cause.CAPTIVE_PORTAL and tunnel.portal_url:
+        return portal_words(tunnel.portal_url)
     if tunnel.state == TunnelState.CONNECTED and tunnel.port is not None:
         unanswered = _unanswered_before(tunnel)
         if unanswered:
@@ -171,6 +182,8 @@ def tunnel_lines(tunnel: TunnelStatus) -> list[str]:
     else:
         lines.append(_line("address", f"none yet (prefix {tunnel.prefix})"))
     lines.append(_line("gateway", _gateway_text(tunnel)))
+    if tunnel.network_label:
+        lines.append(_line("network", tunnel.network_label))
     lines.append(_line("home agent", tunnel.home_agent))
     lines.append(_line("MTU", tunnel.mtu))
     lines.append(_line("RTT", milliseconds(tunnel.rtt_ms)))
@@ -200,8 +213,8 @@ def event_line(event: Event) -> str:
             text = (f"{event.profile}: new address {event.address} "
                     f"({ADDRESS_REASON_WORDS[event.reason]}; was {event.previous or 'none'})")
         case MtuEvent():
-            text = (f"{event.profile}: MTU {event.previous} -> {event.mtu} "
-                    f"({MTU_REASON_WORDS[event.reason]})")
+            change = f"{event.previous} -> {event.mtu}" if event.previous else str(event.mtu)
+            text = f"{event.profile}: MTU {change} ({MTU_REASON_WORDS[event.reason]})"
         case TrafficEvent():
             text = (f"{event.profile}: in {size(int(event.rx_rate))}/s, "
                     f"out {size(int(event.tx_rate))}/s, RTT {milliseconds(event.rtt_ms)}")

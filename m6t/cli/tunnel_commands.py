@@ -65,7 +65,7 @@ def _socket_errors() -> Iterator[None]:
                        "is m6t-helper running?") from None
 
 
-def _request(args: argparse.Namespace, method: str, *, answer_within: float = HELPER_TIMEOUT,
+def request(args: argparse.Namespace, method: str, *, answer_within: float = HELPER_TIMEOUT,
              **params: Any) -> Any:
     """One call; its result record (schema.METHODS), or a ControlError for main() to say."""
     with _open_helper(args, answer_within) as client, _socket_errors():
@@ -75,7 +75,7 @@ def _request(args: argparse.Namespace, method: str, *, answer_within: float = HE
 def _request_on_tunnel(args: argparse.Namespace, method: str, name: str, **params: Any) -> Any:
     """A call about one tunnel; if there is none, the error lists the tunnels that are up."""
     try:
-        return _request(args, method, profile=name, **params)
+        return request(args, method, profile=name, **params)
     except NotFound as exc:
         if exc.data.tunnels is None:
             raise
@@ -88,7 +88,7 @@ def _request_on_tunnel(args: argparse.Namespace, method: str, name: str, **param
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    result: StatusResult = _request(args, "status")
+    result: StatusResult = request(args, "status")
     if args.json:
         print_json(result)
         return 0
@@ -101,7 +101,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_connect(args: argparse.Namespace) -> int:
     profile = chosen_profile(args)
-    result: TunnelStatus = _request(args, "connect", profile=profile)
+    result: TunnelStatus = request(args, "connect", profile=profile)
     if args.json:
         print_json(result)
     else:
@@ -120,7 +120,7 @@ def cmd_disconnect(args: argparse.Namespace) -> int:
     if args.name is not None:
         result = _request_on_tunnel(args, "disconnect", args.name)
     else:
-        result = _request(args, "disconnect")
+        result = request(args, "disconnect")
     if args.json:
         print_json(result)
         return 0
@@ -136,7 +136,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.timeout is not None:
         params["timeout"] = args.timeout
         answer_within = max(answer_within, args.timeout + 10)
-    result: ProbeResult = _request(args, "probe", answer_within=answer_within, **params)
+    result: ProbeResult = request(args, "probe", answer_within=answer_within, **params)
     if args.json:
         print_json(result)
     else:

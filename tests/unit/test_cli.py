@@ -47,7 +47,7 @@ from m6t.control.errors import (
 from m6t.control.schema import AddressReason, Cause, MtuReason
 from m6t.profiles import ProfileBook
 from m6t.protocol.addressing import TunnelPrefix
-from tests.fake_helper import FakeHelper, status_for
+from tests.fake_helper import FakeHelper, known_network, status_for
 
 OFFICE = schema.Profile(name="office", gateway="198.51.100.1", ports=[3544, 4500],
                         prefix="fd6d:6d74:1:1:1::/80", home_agent="fd48:4100::2")
@@ -519,7 +519,7 @@ def test_help_exits_0_and_lists_every_command(m6t: Callable[..., Run]) -> None:
     run = m6t("--help")
     assert run.code == 0
     for command in ("status", "connect", "disconnect", "probe", "probe-mtu", "set-mtu",
-                    "regenerate", "watch", "prefix", "profiles"):
+                    "regenerate", "watch", "networks", "prefix", "profiles"):
         assert re.search(rf"^    {command} ", run.out, re.MULTILINE), command
     assert "--count" not in m6t("watch", "--help").out
 
@@ -764,6 +764,224 @@ def test_every_cause_and_reason_of_the_api_has_words(
     # A member added to the API without words here would reach users as a bare identifier.
     assert set(words) == set(members)
     assert all(text and "_" not in text for text in words.values())
+
+
+# --- networks ---
+
+CAFE = "Wi-Fi CoffeeShop, router 192.168.1.1 (02:fc:00:00:00:01), on wlan0"
+OFFICE_LAN = "router 10.0.0.1 (52:54:00:12:34:56), on eth0"
+PORTAL = "http://192.168.1.1/login?next=%2F"
+
+
+def remembered(helper: FakeHelper) -> None:
+    """Two networks: the cafe (for two profiles, the tunnel runs over it now), the office LAN;
+    their ids share a 4-digit start."""
+    now = time.time()
+    helper.networks += [
+        known_network("5f0c2d9a61b7e3a4", "office", CAFE, port=4500, mtu=1372,
+                      fragments_pass=True, last_seen=now - 2, current=True),
+        known_network("5f0c2d9a61b7e3a4", "lab", CAFE, port=53, last_seen=now - 300),
+        known_network("5f0c8e11aa2299cc", "office", OFFICE_LAN, fragments_pass=False,
+                      last_seen=now - 3 * 86400),
+    ]
+
+
+def test_networks_lists_what_the_helper_remembers(
+        helper: FakeHelper, m6t: Callable[..., Run]) -> None:
+    remembered(helper)
+    run = m6t("networks")
+    assert (run.code, run.err) == (0, "")
+    assert run.out.splitlines() == [
+        "  ID      PROFILE  PORT  MTU   FRAGMENTS  LAST SEEN   NETWORK",
+        f"* 5f0c2d  office   4500  1372  yes        now         {CAFE}",
+        f"  5f0c2d  lab      53    1472  untested   5 min ago   {CAFE}",
+        f"  5f0c8e  office   3544  1472  no         3 days ago  {OFFICE_LAN}",
+        "(* = a tunnel runs over it now)",
+    ]
+    assert helper.calls == [("networks", {})]
+    assert m6t("networks", "list").out == run.out
+
+
+def test_networks_show_ids_long_enough_to_tell_apart(
+        helper: FakeHelper, m6t: Callable[..., Run]) -> None:
+    helper.networks += [known_network("5f0c2d9a61b7e3a4", "office"),
+                        known_network("5f0c2d9b00000000", "office")]
+    lines = m6t("networks").out.splitlines()
+    assert [line.split()[0] for line in lines[1:]] == ["5f0c2d9a", "5f0c2d9b"]
+
+
+def test_networks_json_is_the_helpers_result_unchanged(
+        helper: FakeHelper, m6t: Callable[..., Run]) -> None:
+    remembered(helper)
+    for argv in (["networks", "--json"], ["networks", "list", "--json"],
+                 ["networks", "--json", "list"]):
+        run = m6t(*argv)
+        assert json.loads(run.out) == {"networks": helper.networks, "saved": True}, argv
+        assert list(json.loads(run.out)["networks"][0]) == list(helper.networks[0])
+
+
+def test_networks_when_none_is_known_or_the_memory_cannot_be_saved(
+        helper: FakeHelper, m6t: Callable[..., Run]) -> None:
+    run = m6t("networks")
+    assert run.out == ("no networks remembered yet: the helper learns a network's port and MTU "
+                       "when a tunnel connects over it\n")
+    helper.networks_saved = False
+    assert m6t("networks").out.splitlines()[-1] == (
+        "(the helper cannot write its memory file: it forgets these networks when it stops; "
+        "see journalctl -u m6t-helper)")
+
+
+@pytest.mark.parametrize("given", ["5f0c2d9a61b7e3a4", "5f0c2", "5F0C2D"])
+def test_networks_forget_one_by_its_id_or_a_unique_start_of_it(
+        helper: FakeHelper, m6t: Callable[..., Run], given: str) -> None:
+    remembered(helper)
+    run = m6t("networks", "forget", given)
+    assert (run.code, run.err) == (0, "")
+    assert run.out == f"forgot network 5f0c2d9a61b7e3a4 ({CAFE})\n"
+    assert helper.calls == [("networks", {}), ("forget_network", {"network": "5f0c2d9a61b7e3a4"})]
+    assert [entry["id"] for entry in helper.networks] == ["5f0c8e11aa2299cc"]
+
+
+def test_networks_forget_all(helper: FakeHelper, m6t: Callable[..., Run]) -> None:
+    remembered(helper)
+    assert m6t("networks", "forget", "--all").out == "forgot 2 networks\n"
+    assert helper.calls[-1] == ("forget_network", {})
+    assert helper.networks == []
+    assert m6t("networks", "forget", "--all").out == "no networks to forget\n"
+
+
+def test_networks_forget_json_is_the_helpers_result(
+        helper: FakeHelper, m6t: Callable[..., Run]) -> None:
+    remembered(helper)
+    run = m6t("networks", "forget", "--json", "5f0c8e")
+    assert json.loads(run.out) == {"networks": helper.networks, "saved": True}
+    assert len(helper.networks) == 2
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("5f0c", "m6t: '5f0c' could be any of 5f0c2d9a61b7e3a4, 5f0c8e11aa2299cc: give more of "
+                 "the ID"),
+        ("77", "m6t: no known network '77' (known: 5f0c2d, 5f0c8e; see `m6t networks`)"),
+    ],
+    ids=["ambiguous", "unknown"],
+)
+def test_networks_forget_an_ambiguous_or_unknown_id_is_one_line_and_forgets_nothing(
+        helper: FakeHelper, m6t: Callable[..., Run], given: str, expected: str) -> None:
+    remembered(helper)
+    run = m6t("networks", "forget", given)
+    assert (run.code, run.error) == (1, expected)
+    assert [method for method, _ in helper.calls] == ["networks"]
+    assert len(helper.networks) == 3
+
+
+def test_networks_forget_when_nothing_is_known(
+        helper: FakeHelper, m6t: Callable[..., Run]) -> None:
+    run = m6t("networks", "forget", "5f0c")
+    assert (run.code, run.error) == (1, "m6t: no known network '5f0c': the helper remembers "
+                                        "no network yet")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], "m6t: which network? give its ID (see `m6t networks`), or --all"),
+        (["5f0c2d", "--all"], "m6t: give a network ID or --all, not both"),
+        ([" "], "m6t: an empty network ID: give one from `m6t networks`, or --all"),
+    ],
+    ids=["neither", "both", "empty"],
+)
+def test_networks_forget_needs_an_id_or_all(
+        helper: FakeHelper, m6t: Callable[..., Run], argv: list[str], expected: str) -> None:
+    remembered(helper)
+    run = m6t("networks", "forget", *argv)
+    assert (run.code, run.error) == (2, expected)
+    assert "forget_network" not in [method for method, _ in helper.calls]
+
+
+def test_networks_read_only_may_list_but_not_forget(
+        sock: Path, book_path: Path, m6t: Callable[..., Run]) -> None:
+    with FakeHelper(sock, read_only=True) as helper:
+        remembered(helper)
+        assert m6t("networks").code == 0
+        run = m6t("networks", "forget", "--all")
+    assert (run.code, run.error) == (1, f"m6t: permission denied: {JOIN_GROUP}")
+    assert len(helper.networks) == 3
+
+
+def test_networks_forgotten_meanwhile_is_the_helpers_not_found(
+        helper: FakeHelper, m6t: Callable[..., Run]) -> None:
+    remembered(helper)
+
+    def forgotten_by_someone_else(params: dict[str, Any]) -> Any:
+        raise NotFound("no known network '5f0c8e11aa2299cc' (known: 5f0c2d9a61b7e3a4)")
+    helper.handlers["forget_network"] = forgotten_by_someone_else
+    run = m6t("networks", "forget", "5f0c8e")
+    assert (run.code, run.error) == (
+        1, "m6t: no known network '5f0c8e11aa2299cc' (known: 5f0c2d9a61b7e3a4)")
+
+
+def test_networks_with_a_malformed_reply_is_one_line(
+        helper: FakeHelper, m6t: Callable[..., Run]) -> None:
+    helper.handlers["networks"] = lambda params: {"networks": [{"id": 7}], "saved": True}
+    run = m6t("networks")
+    assert run.code == 1
+    assert run.error.startswith("m6t: the helper sent a malformed message (")
+
+
+# --- a known network and a captive portal in the status ---
+
+
+def test_status_names_the_network_and_says_how_to_pass_a_captive_portal(
+        helper: FakeHelper, m6t: Callable[..., Run]) -> None:
+    helper.tunnels["office"] = connected(
+        state="waiting", cause="captive_portal", address=None, suffix=None, port=None,
+        network="5f0c2d9a61b7e3a4", network_label=CAFE, portal_url=PORTAL)
+    lines = m6t("status").out.splitlines()
+    assert lines[0] == (f"office (m6t0): waiting (this network wants you to log in first: "
+                        f"open {PORTAL}, then the tunnel connects by itself)")
+    assert f"  network     {CAFE}" in lines
+
+
+def test_a_captive_portal_without_its_page_still_says_what_to_do(
+        helper: FakeHelper, m6t: Callable[..., Run]) -> None:
+    helper.tunnels["office"] = connected(state="waiting", cause="captive_portal", port=None)
+    assert m6t("status").out.splitlines()[0] == (
+        "office (m6t0): waiting (this network wants you to log in first (open any web page), "
+        "then the tunnel connects by itself)")
+
+
+def test_connect_behind_a_captive_portal_says_where_to_log_in(
+        helper: FakeHelper, m6t: Callable[..., Run]) -> None:
+    helper.handlers["connect"] = lambda params: connected(
+        state="waiting", cause="captive_portal", address=None, suffix=None, port=None,
+        portal_url=PORTAL)
+    run = m6t("connect", *OFFICE_OPTIONS, "--name", "office")
+    assert (run.code, run.error) == (
+        1, f"m6t: office is waiting (this network wants you to log in first: open {PORTAL}, "
+           "then the tunnel connects by itself): the helper keeps trying (`m6t disconnect "
+           "office` to stop)")
+
+
+def test_watch_text_says_a_captive_portal_and_a_remembered_mtu(
+        helper: FakeHelper, capsys: pytest.CaptureFixture[str]) -> None:
+    watcher = Watcher("--text", "--count", "3")
+    wait_for_subscriber(helper)
+    portal = connected(state="waiting", cause="captive_portal", address=None, suffix=None,
+                       port=None, network_label=CAFE, portal_url=PORTAL)
+    helper.emit({"type": "state", "tunnel": "m6t0", "profile": "office", "state": "waiting",
+                 "cause": "captive_portal", "status": portal, "message": None})
+    helper.emit({"type": "mtu", "tunnel": "m6t0", "profile": "office", "mtu": 1372,
+                 "previous": None, "reason": "remembered"})
+    helper.emit({**MTU_EVENT, "previous": 1472, "mtu": 1400, "reason": "remembered"})
+    assert watcher.wait() == 0
+    assert [line[9:] for line in capsys.readouterr().out.splitlines()] == [
+        f"office: waiting (this network wants you to log in first: open {PORTAL}, then the "
+        "tunnel connects by itself)",
+        "office: MTU 1372 (remembered from the last time on this network)",
+        "office: MTU 1472 -> 1400 (remembered from the last time on this network)",
+    ]
 
 
 # --- prefix new ---
