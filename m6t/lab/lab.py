@@ -221,6 +221,21 @@ table ip lab {{
         self.set_nat_rules(public=self.addr.outsider)
         self.flush_conntrack()
 
+    def start_portal(self) -> None:
+        """A captive portal on the NAT box: no UDP from the LAN gets through, and the helper's
+        HTTP probe is redirected to a login page, until `portal_login()` (m6t.lab.portal)."""
+        a = self.addr
+        self.set_nat_rules(extra="ip saddr 192.168.0.0/16 meta l4proto udp drop")
+        self.spawn("nat", [sys.executable, "-m", "m6t.lab.portal", "serve", "--listen",
+                           f"{a.nat_lan}:80", "--expect", PORTAL_EXPECT], log_name="portal")
+        wait_for(lambda: self.run("nat", ["ss", "-Htln", "sport", "=", ":80"]).stdout.strip(),
+                 10, "the portal to listen")
+
+    def portal_login(self) -> None:
+        """What the user does in the browser: accept the terms."""
+        self.python("mn", "m6t.lab.portal", "login",
+                    f"http://{self.addr.nat_lan}/login?accept=1")
+
     def rebind_nat_port(self) -> None:
         """The NAT forgets every mapping and maps anew to a random port on the same address:
         a NAT that timed out or rebooted, seen from the gateway as a new port."""

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from m6t.linux.netlink import Netlink
 from m6t.protocol.session import Ipv4Path
@@ -58,12 +59,18 @@ async def identify(netlink: Netlink, path: Ipv4Path) -> NetworkIdentity | None:
             while mac is None and loop.time() < deadline:
                 await asyncio.sleep(ARP_POLL)
                 mac = netlink.neighbour_mac(path.interface, path.next_hop)
-    return network_identity(path, mac, wifi_ssid(path.interface))
+    # pyroute2's nl80211 client runs an event loop of its own: not in this thread's.
+    ssid = await asyncio.to_thread(wifi_ssid, path.interface)
+    return network_identity(path, mac, ssid)
 
 
-def wifi_ssid(interface: str) -> str | None:
-    """The SSID a wireless interface is associated with; None for anything else."""
-    with contextlib.suppress(Exception):  # no nl80211 (not wireless, no driver): no SSID
+def wifi_ssid(interface: str, sys_class_net: Path = Path("/sys/class/net")) -> str | None:
+    """The SSID a wireless interface is associated with; None for anything else. Only a
+    wireless device (it has `phy80211`) is asked: pyroute2's nl80211 client leaves sockets
+    behind when the kernel has no nl80211 to offer."""
+    if not (sys_class_net / interface / "phy80211").exists():
+        return None
+    with contextlib.suppress(Exception):  # a driver that will not say: no SSID
         from pyroute2 import IW
 
         iw = IW()

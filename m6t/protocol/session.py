@@ -45,7 +45,7 @@ RACE_REPORT_GRACE = 0.25  # after the winner, how long the other ports may still
 RESUME_WINDOW = 30.0  # a dead path this soon after a resume is blamed on the resume
 ACTIVITY_CHECK = 1.0  # how often a connected session looks at the data path's activity
 HEAD_START = 0.5  # on a known network, the remembered port races alone for this long
-PORTAL_RECHECK = 5.0  # behind a captive portal, how often to look whether it let us through
+PORTAL_RECHECK = 3.0  # behind a captive portal, how often to look whether it let us through
 
 
 class TunnelState(enum.StrEnum):
