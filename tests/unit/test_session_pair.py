@@ -412,7 +412,7 @@ def test_a_captive_portal_is_said_and_the_tunnel_comes_once_it_lets_us_through()
     assert driver.session.portal_url == "http://192.168.1.1/login"
     waiting = driver.now
     driver.run_until(waiting + 12)
-    assert len(driver.portal_checks) >= 3  # looked again every 5 s, no race meanwhile
+    assert len(driver.portal_checks) >= 3  # looked again every 3 s, no race meanwhile
     assert driver.session.cause is s.Cause.CAPTIVE_PORTAL
     driver.portal = None  # the user logged in
     driver.link.blocked.clear()
