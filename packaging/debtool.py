@@ -415,7 +415,7 @@ def _closure(roots: set[str]) -> set[str]:
 
 def cmd_split(core: str, desktop: str) -> int:
     """Move the tray app (m6t_desktop, bin/m6t-desktop) and the distributions only it needs
-    (PySide6-Essentials, shiboken6, jeepney...) from the core venv to the desktop tree."""
+    (PySide6-Essentials, shiboken6...) from the core venv to the desktop tree."""
     from importlib.metadata import distribution, distributions
 
     project = "m6t-desktop"
