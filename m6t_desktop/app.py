@@ -20,7 +20,7 @@ from PySide6.QtWidgets import QApplication, QSystemTrayIcon, QWidget
 from m6t_desktop import autostart
 from m6t_desktop.app_state import AppState
 from m6t_desktop.client import HelperConnection
-from m6t_desktop.controller import Controller
+from m6t_desktop.controller import Controller, UrlOpener
 from m6t_desktop.icons import app_icon, resource_path, state_icon
 from m6t_desktop.notifications import DBusNotifications, Notifier
 from m6t_desktop.profiles_store import ProfilesStore
@@ -65,7 +65,7 @@ def bring_to_front(window: QWidget) -> None:
 class DesktopApp(QObject):
     def __init__(self, options: Options, parent: QObject | None = None, *,
                  tray_available: Callable[[], bool] = QSystemTrayIcon.isSystemTrayAvailable,
-                 ) -> None:
+                 open_url: UrlOpener | None = None) -> None:
         super().__init__(parent)
         self.options = options
         self.settings = QSettings(str(options.settings or default_settings_path()),
@@ -73,7 +73,8 @@ class DesktopApp(QObject):
         self.profiles = ProfilesStore(options.profiles, self)
         self.state = AppState(self)
         self.connection = HelperConnection(options.socket, self)
-        self.controller = Controller(self.connection, self.state, self.profiles, self)
+        self.controller = Controller(self.connection, self.state, self.profiles, self,
+                                     open_url=open_url)
         self.controller.quitRequested.connect(self.quit)
         self.tray: TrayIcon | None = None
         if options.tray:

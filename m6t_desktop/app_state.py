@@ -4,7 +4,7 @@ widget.
 `AppState` is the one source of truth: the link to the helper, the tunnels the helper reports,
 which one is shown, what went wrong and what to do about it. It owns the models the status
 window renders (the event log, the address history, the traffic history, the per-network
-report card). No widget reads the socket; they render these.
+report card, the networks the helper remembers). No widget reads the socket; they render these.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from m6t.control.schema import (
     Cause,
     Event,
     MtuEvent,
+    NetworksResult,
     RemovedEvent,
     StateEvent,
     StatusResult,
@@ -35,7 +36,7 @@ from m6t.control.schema import (
 from m6t_desktop.client import Link
 from m6t_desktop.event_log import EventLogModel
 from m6t_desktop.network import current_network
-from m6t_desktop.report_card import ReportCard, ReportCardModel
+from m6t_desktop.report_card import KnownNetworksModel, ReportCard, ReportCardModel
 from m6t_desktop.table_models import AddressHistoryModel
 from m6t_desktop.traffic_history import TrafficHistory
 from m6t_desktop.wording import (
@@ -102,10 +103,12 @@ class AppState(QObject):
         self.events = EventLogModel(parent=self)
         self.addresses = AddressHistoryModel(self)
         self.report = ReportCardModel(self)
+        self.networks = KnownNetworksModel(self, clock=clock)
         self.traffic: dict[str, TrafficHistory] = {}
         self.network_identity = network_identity
         self.clock = clock
         self._connecting_cause: dict[str, Cause] = {}
+        self._portals_announced: set[tuple[str, str]] = set()  # (profile, network id)
 
     # --- derived ---
 
@@ -122,6 +125,14 @@ class AppState(QObject):
         if name not in self.traffic:
             self.traffic[name] = TrafficHistory()
         return self.traffic[name]
+
+    def portal(self) -> TunnelStatus | None:
+        """A tunnel waiting behind a captive portal whose login page the helper found: the one
+        shown first (a portal stops every tunnel on that network alike)."""
+        for status in (self.status, *self.tunnels.values()):
+            if status is not None and _behind_portal(status):
+                return status
+        return None
 
     def display_state(self) -> DisplayState:
         if self.link in (Link.NOT_RUNNING, Link.DENIED):
@@ -245,6 +256,7 @@ class AppState(QObject):
                 if result.access == Access.READ_ONLY else ""))
         for status in result.tunnels:
             self._update_report_from_status(status)
+            self._announce_portal(status)
         self._refresh_current()
         self.changed.emit()
 
@@ -273,6 +285,7 @@ class AppState(QObject):
             self.events.append(f"{status.profile}: {HELPER_STATE_LABELS[status.state]}, "
                                f"{cause_text(status)}")
         self._update_report_from_status(status)
+        self._announce_portal(status)
         self._refresh_current()
         self.changed.emit()
 
@@ -300,6 +313,7 @@ class AppState(QObject):
         severity = {TunnelState.ERROR: "error",
                     TunnelState.WAITING: "warning"}.get(status.state, "info")
         self.events.append(text, severity)
+        self._announce_portal(status)
         self._notice_for_state(previous, status, event.message)
         if status.state == TunnelState.CONNECTING:
             self._connecting_cause[event.profile] = status.cause
@@ -315,6 +329,8 @@ class AppState(QObject):
                           message: str | None) -> None:
         """The helper acts by itself (network change, NAT rebinding, retries): say so. What the
         user just asked for in this app shows in the icon; no notification for it."""
+        if _behind_portal(status):
+            return  # _announce_portal says it, once
         if previous is not None and previous.state == status.state \
                 and previous.cause == status.cause:
             return
@@ -338,6 +354,27 @@ class AppState(QObject):
         if status.state == TunnelState.CONNECTED and status.address:
             body += f"\n{status.address}"
         self.notice.emit(Notice(summary, body, display))
+
+    def _announce_portal(self, status: TunnelStatus) -> None:
+        """Once per tunnel and network: the helper looks again every 5 s, and neither each
+        look nor a login page whose address changes each time (a session token in it) may
+        bring the bubble back. Once the tunnel connects, a later portal is news again."""
+        if status.state == TunnelState.CONNECTED:
+            self._portals_announced = {seen for seen in self._portals_announced
+                                       if seen[0] != status.profile}
+            return
+        if not _behind_portal(status):
+            return
+        key = (status.profile, status.network or "")
+        if key in self._portals_announced:
+            return
+        self._portals_announced.add(key)
+        self.events.append(f"{status.profile}: this network wants you to log in first "
+                           f"({status.portal_url})", "warning")
+        self.notice.emit(Notice("m6t: this network wants you to log in first",
+                                f"Open the login page from the m6t icon, or go to "
+                                f"{status.portal_url}. The tunnel to {status.profile} connects "
+                                "by itself once you are through.", DisplayState.DEGRADED))
 
     def _apply_address(self, event: AddressEvent) -> None:
         status = self.tunnels.get(event.profile)
@@ -420,6 +457,23 @@ class AppState(QObject):
             self._refresh_current()
             self.changed.emit()
 
+    # --- what the helper remembers of networks ---
+
+    def set_known_networks(self, result: NetworksResult) -> None:
+        """The helper's answer to `networks` (or to `forget_network`)."""
+        if not result.saved and self.networks.saved:
+            self.events.append("The helper cannot write its memory of networks: it forgets "
+                               "them when it stops (see its log)", "warning")
+        self.networks.set_networks(result.networks, result.saved)
+
+    def networks_failed(self, error: ControlError) -> None:
+        """`networks` went wrong (a malformed answer, a helper gone away): the last list stays;
+        the card says why, the log says it once."""
+        problem = f"could not read them: {error.message}"
+        if problem != self.networks.problem:
+            self.events.append(f"The networks the helper remembers: {problem}", "warning")
+        self.networks.set_problem(problem)
+
     # --- report card ---
 
     def _update_report_from_status(self, status: TunnelStatus) -> None:
@@ -450,6 +504,11 @@ class AppState(QObject):
         status = self.status
         self.addresses.set_changes(list(status.history) if status else [])
         self.report.show_card(self.network_identity(), self.current)
+
+
+def _behind_portal(status: TunnelStatus) -> bool:
+    return status.state == TunnelState.WAITING and status.cause == Cause.CAPTIVE_PORTAL \
+        and bool(status.portal_url)
 
 
 def _groups(address: str) -> list[str]:

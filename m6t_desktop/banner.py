@@ -4,7 +4,7 @@ profiles editor's file errors)."""
 from __future__ import annotations
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QFrame, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFrame, QLabel, QPushButton, QVBoxLayout, QWidget
 
 BANNER_COLOURS = {"error": ("#FDECEA", "#8C1D18"), "warning": ("#FFF4D6", "#6B4E00"),
                   "info": ("#E8F1FD", "#0F3E7A")}
@@ -24,11 +24,15 @@ class Banner(QFrame):
         self.advice = QLabel()
         self.advice.setWordWrap(True)
         self.advice.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(10, 6, 10, 6)
-        layout.addWidget(self.title)
-        layout.addWidget(self.advice)
+        self._layout = QVBoxLayout(self)
+        self._layout.setContentsMargins(10, 6, 10, 6)
+        self._layout.addWidget(self.title)
+        self._layout.addWidget(self.advice)
         self.hide()
+
+    def add_button(self, button: QPushButton) -> None:
+        """What to do about it, in one click, under the advice."""
+        self._layout.addWidget(button, 0, Qt.AlignmentFlag.AlignLeft)
 
     def show_message(self, title: str, advice: str, level: str) -> None:
         background, foreground = BANNER_COLOURS[level]

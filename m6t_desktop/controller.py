@@ -1,20 +1,27 @@
-"""What the user can ask for (connect, switch, disconnect, new address, test the network),
-turned into calls to the helper; the answers (the methods' result records, or a ControlError)
-go into AppState. Widgets call these methods and never see the connection."""
+"""What the user can ask for (connect, switch, disconnect, new address, test the network,
+forget what the helper remembers of a network, open a captive portal's login page), turned into
+calls to the helper; the answers (the methods' result records, or a ControlError) go into
+AppState. Widgets call these methods and never see the connection."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from urllib.parse import urlsplit
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QUrl, Signal
+from PySide6.QtGui import QDesktopServices
 
 from m6t.control.errors import ControlError, PermissionDenied
 from m6t.control.schema import (
     DisconnectResult,
+    Event,
     MtuReport,
+    NetworksResult,
     ProbeResult,
     Profile,
     StatusResult,
+    TrafficEvent,
     TunnelState,
     TunnelStatus,
 )
@@ -29,25 +36,55 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 60.0  # the helper answers once the first port race is decided
 PROBE_TIMEOUT = 30.0
 
+UrlOpener = Callable[[str], bool]  # opens a web page; False if nothing could open it
+
+
+def open_in_browser(url: str) -> bool:
+    """The user's web browser, through the desktop (xdg-open and friends)."""
+    return QDesktopServices.openUrl(QUrl(url))
+
+
+def is_web_page(url: str) -> bool:
+    """Only http(s) pages are opened: a captive portal's address comes from the network the
+    laptop is on, and another scheme (file:, a custom handler's) could make the desktop run
+    something else than a browser."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
 
 class Controller(QObject):
     quitRequested = Signal()
 
     def __init__(self, connection: HelperConnection, state: AppState, profiles: ProfilesStore,
-                 parent: QObject | None = None) -> None:
+                 parent: QObject | None = None, *, open_url: UrlOpener | None = None) -> None:
         super().__init__(parent)
         self.connection = connection
         self.state = state
         self.profiles = profiles
+        self.open_url = open_url  # None: open_in_browser (tests give their own)
         self.autostart_pending = False  # connect the default profile once the helper answers
         self.pending_connect: str | None = None  # --connect PROFILE, once the helper answers
+        self._networks_asked = False  # a `networks` call in flight
+        self._networks_again = False  # and another wanted once it is answered
         connection.linkChanged.connect(state.set_link)
         connection.subscribed.connect(self._on_subscribed)
         connection.eventReceived.connect(state.apply_event)
+        connection.eventReceived.connect(self._after_event)
         connection.apiMismatch.connect(state.set_api_mismatch)
+
+    def _after_event(self, event: Event) -> None:
+        """A tunnel that connected, took a new address, changed MTU or went away: what the
+        helper remembers of networks may have changed with it (the port, the MTU, the network
+        it runs over now)."""
+        if not isinstance(event, TrafficEvent):
+            self.refresh_networks()
 
     def _on_subscribed(self, result: StatusResult, restarted: bool) -> None:
         self.state.load(result, restarted)
+        self.refresh_networks()
         wanted = self.state.wanted
         if restarted and wanted and wanted not in self.state.tunnels and not self.state.read_only:
             # The helper came back without the tunnel the user had asked for: ask again.
@@ -137,6 +174,7 @@ class Controller(QObject):
         def done(status: TunnelStatus) -> None:
             self.state.busy = None
             self.state.apply_status(status)
+            self.refresh_networks()
 
         reply.succeeded.connect(done)
         reply.failed.connect(lambda error: self.state.action_failed(what, error))
@@ -221,6 +259,7 @@ class Controller(QObject):
             if not outstanding:
                 self.state.report.set_testing(False)
                 self.state.report_tested(card)
+                self.refresh_networks()  # probe_mtu taught the helper about fragments
 
         def probed(result: ProbeResult) -> None:
             card.ports = result.ports
@@ -250,3 +289,67 @@ class Controller(QObject):
                                        timeout=PROBE_TIMEOUT)
             mtu.succeeded.connect(measured)
             mtu.failed.connect(mtu_failed)
+
+    # --- what the helper remembers of networks ---
+
+    def refresh_networks(self) -> None:
+        """Ask the helper what it remembers (when the card is shown, after a tunnel event).
+        One call at a time: asked again meanwhile, it asks once more after the answer."""
+        if not self.connection.online:
+            return
+        if self._networks_asked:
+            self._networks_again = True
+            return
+        self._networks_asked = True
+        reply = self.connection.call("networks")
+
+        def answered() -> None:
+            self._networks_asked = False
+            if self._networks_again:
+                self._networks_again = False
+                self.refresh_networks()
+
+        def got(result: NetworksResult) -> None:
+            self.state.set_known_networks(result)
+            answered()
+
+        def failed(error: ControlError) -> None:
+            self.state.networks_failed(error)
+            answered()
+
+        reply.succeeded.connect(got)
+        reply.failed.connect(failed)
+
+    def forget_network(self, network: str | None = None) -> None:
+        """Forget one network (its id; for every profile), or every network when None."""
+        known = next((n for n in self.state.networks.networks if n.id == network), None)
+        what = "Forget every network" if network is None else \
+            f"Forget {known.label if known else network}"
+        reply = self.connection.call("forget_network",
+                                     {"network": network} if network is not None else {})
+
+        def forgotten(result: NetworksResult) -> None:
+            self.state.set_known_networks(result)
+            self.state.log("The helper forgot every network" if network is None else
+                           f"The helper forgot {known.label if known else network}")
+
+        reply.succeeded.connect(forgotten)
+        reply.failed.connect(lambda error: self.state.action_failed(what, error))
+
+    # --- captive portals ---
+
+    def open_login_page(self) -> None:
+        """Open the captive portal's login page the helper found, in the user's browser."""
+        status = self.state.portal()
+        if status is None or status.portal_url is None:
+            return
+        url = status.portal_url
+        if not is_web_page(url):
+            self.state.report_failure("Open the login page", f"{url!r} is not a web page "
+                                      "(http or https): not opened; open a web page by hand")
+            return
+        if (self.open_url or open_in_browser)(url):
+            self.state.log(f"Opened the login page {url} in the web browser")
+        else:
+            self.state.report_failure("Open the login page", f"no web browser opened {url}: "
+                                      "open it by hand")

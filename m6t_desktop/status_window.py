@@ -1,6 +1,7 @@
-"""The status window: the state and its cause, what to do when something is wrong, the address
-(its /80 and its random suffix told apart) and how it changed, gateway, port, MTU, RTT, the
-traffic graph, the network report card and the event log. It renders AppState and asks the
+"""The status window: the state and its cause, what to do when something is wrong (a captive
+portal's login page to open, too), the address (its /80 and its random suffix told apart) and
+how it changed, gateway, port, MTU, RTT, the traffic graph, the network report card with what
+the helper remembers of each network, and the event log. It renders AppState and asks the
 Controller for actions; with no system tray it is the app's main window."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import html
 import time
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QFont, QPalette
+from PySide6.QtGui import QAction, QCloseEvent, QFont, QPalette, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QAbstractScrollArea,
@@ -37,10 +38,14 @@ from m6t_desktop.profiles_store import ProfilesStore
 from m6t_desktop.traffic_graph import TrafficGraph
 from m6t_desktop.wording import (
     NO_VALUE,
+    PORTAL_TITLE,
     DisplayState,
+    ago_text,
     bytes_text,
     clock_text,
     date_clock_text,
+    join_group_hint,
+    portal_advice,
     rtt_text,
     split_address,
 )
@@ -66,16 +71,7 @@ def since_text(since: float, now: float) -> str:
     """When the state last changed, and how long ago ("14:03:10, 1 h 12 min ago")."""
     if not since:
         return NO_VALUE
-    minutes = max(0, int(now - since) // 60)
-    if minutes < 1:
-        ago = "just now"
-    elif minutes < 60:
-        ago = f"{minutes} min ago"
-    elif minutes < 48 * 60:
-        ago = f"{minutes // 60} h {minutes % 60} min ago"
-    else:
-        ago = f"{minutes // (24 * 60)} days ago"
-    return f"{date_clock_text(since)}, {ago}"
+    return f"{date_clock_text(since)}, {ago_text(now - since)}"
 
 
 class StatusWindow(QMainWindow):
@@ -121,6 +117,11 @@ class StatusWindow(QMainWindow):
         layout.addWidget(self.problem_banner)
         self.failure_banner = Banner()
         layout.addWidget(self.failure_banner)
+        self.portal_banner = Banner()
+        self.portal_button = QPushButton("Open the lo&gin page")
+        self.portal_button.clicked.connect(lambda: self.controller.open_login_page())
+        self.portal_banner.add_button(self.portal_button)
+        layout.addWidget(self.portal_banner)
 
         controls = QHBoxLayout()
         controls.addWidget(QLabel("Profile:"))
@@ -149,7 +150,8 @@ class StatusWindow(QMainWindow):
         self.tabs.addTab(self._build_overview(), "&Overview")
         self.address_table = _table(state.addresses)
         self.tabs.addTab(self.address_table, "A&ddresses")
-        self.tabs.addTab(self._build_report(), "Network &test")
+        self.report_page = self._build_report()
+        self.tabs.addTab(self.report_page, "Network &test")
         self.event_table = _table(state.events)
         self.tabs.addTab(self.event_table, "&Events")
         state.events.rowsInserted.connect(lambda *_: self.event_table.scrollToBottom())
@@ -157,9 +159,13 @@ class StatusWindow(QMainWindow):
         state.changed.connect(self.refresh)
         state.trafficAdded.connect(self.refresh_traffic)
         state.report.cardChanged.connect(self.refresh_report)
+        state.networks.networksChanged.connect(self.refresh_networks)
+        state.networks.modelReset.connect(self._networks_selection_changed)
+        self.tabs.currentChanged.connect(self._tab_changed)
         profiles.changed.connect(self.refresh)
         self.refresh()
         self.refresh_report()
+        self.refresh_networks()
 
     # --- building ---
 
@@ -210,6 +216,9 @@ class StatusWindow(QMainWindow):
         form.addRow("Address:", address_box)
         self.gateway_label = self._value_label()
         form.addRow("Gateway:", self.gateway_label)
+        self.network_label = self._value_label()
+        self.network_label.setWordWrap(True)
+        form.addRow("Network:", self.network_label)
         self.home_agent_label = self._value_label()
         form.addRow("Home agent:", self.home_agent_label)
         self.mtu_label = self._value_label()
@@ -266,8 +275,42 @@ class StatusWindow(QMainWindow):
         facts.addRow("IPv4 fragments:", self.report_fragments)
         facts.addRow("IPv4 path MTU:", self.report_path_mtu)
         layout.addWidget(size_box)
-        layout.addStretch(1)
+        layout.addWidget(self._build_networks(), 1)
         return page
+
+    def _build_networks(self) -> QGroupBox:
+        box = QGroupBox("Networks the helper remembers")
+        layout = QVBoxLayout(box)
+        intro = QLabel("On a network it has seen, the helper tries the port that won there "
+                       "first and uses the MTU that worked at once.")
+        intro.setWordWrap(True)
+        intro.setStyleSheet("color: palette(placeholder-text);")
+        layout.addWidget(intro)
+        self.networks_table = _table(self.state.networks)
+        self.networks_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.networks_table.horizontalHeader().setSectionResizeMode(
+            0, QHeaderView.ResizeMode.Stretch)
+        self.networks_table.horizontalHeader().setStretchLastSection(False)
+        self.networks_table.selectionModel().selectionChanged.connect(
+            self._networks_selection_changed)
+        layout.addWidget(self.networks_table, 1)
+        self.networks_note = QLabel()
+        self.networks_note.setWordWrap(True)
+        self.networks_note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        layout.addWidget(self.networks_note)
+        buttons = QHBoxLayout()
+        self.forget_button = QPushButton("&Forget")
+        self.forget_button.setToolTip("Forget the selected network (for every profile): its "
+                                      "port and MTU are learnt again next time")
+        self.forget_button.clicked.connect(self._forget_clicked)
+        self.forget_all_button = QPushButton("Forget a&ll")
+        self.forget_all_button.setToolTip("Forget every network the helper remembers")
+        self.forget_all_button.clicked.connect(lambda: self.controller.forget_network(None))
+        buttons.addWidget(self.forget_button)
+        buttons.addWidget(self.forget_all_button)
+        buttons.addStretch(1)
+        layout.addLayout(buttons)
+        return box
 
     # --- rendering ---
 
@@ -292,6 +335,13 @@ class StatusWindow(QMainWindow):
             self.failure_banner.show_message("That did not work", state.last_failure, "error")
         else:
             self.failure_banner.hide()
+        portal = state.portal() if state.link is Link.ONLINE else None
+        if portal is not None and portal.portal_url:
+            self.portal_banner.show_message(PORTAL_TITLE, portal_advice(portal.portal_url),
+                                            "info")
+            self.portal_button.setToolTip(portal.portal_url)
+        else:
+            self.portal_banner.hide()
 
         self._refresh_profiles()
         status = state.status
@@ -310,9 +360,9 @@ class StatusWindow(QMainWindow):
         self.quit_disconnect_action.setEnabled(online and bool(state.tunnels))
 
         if status is None or status.state == TunnelState.DISCONNECTED:
-            for label in (self.address_label, self.gateway_label, self.home_agent_label,
-                          self.mtu_label, self.rtt_label, self.counters_label,
-                          self.since_label):
+            for label in (self.address_label, self.gateway_label, self.network_label,
+                          self.home_agent_label, self.mtu_label, self.rtt_label,
+                          self.counters_label, self.since_label):
                 label.setText(NO_VALUE)
             self.address_note.setText("")
         else:
@@ -321,11 +371,13 @@ class StatusWindow(QMainWindow):
             gateway = status.gateway_address or status.gateway
             named = f" ({status.gateway})" if status.gateway != gateway else ""
             self.gateway_label.setText(f"{gateway}{port}{named}")
+            self.network_label.setText(status.network_label or NO_VALUE)
             self.home_agent_label.setText(status.home_agent)
             self.since_label.setText(since_text(status.since, time.time()))
         self.graph.set_history(state.history() if status is not None else None)
         self.refresh_traffic()
         self.setWindowTitle(state.headline())  # Qt appends " — m6t desktop"
+        self.refresh_networks()
 
     def _refresh_profiles(self) -> None:
         """The combo lists the profiles (and tunnels started elsewhere). It follows the tunnel
@@ -412,7 +464,53 @@ class StatusWindow(QMainWindow):
                                     and not self.state.read_only)
         self.test_button.setText("Testing…" if report.testing else "Test &now")
 
+    def refresh_networks(self) -> None:
+        """The networks box: its note (why the list is empty or old, who may forget) and its
+        buttons (a read-only user sees them, disabled, with how to get the right)."""
+        state, model = self.state, self.state.networks
+        notes = []
+        if model.problem:
+            notes.append(f"<span style='color: #8C1D18'>{html.escape(model.problem)}</span>")
+        elif not model.loaded:
+            notes.append("Not asked yet.")
+        elif not model.networks:
+            notes.append("None yet: the helper learns a network when a tunnel connects over it.")
+        if model.loaded and not model.saved:
+            notes.append("The helper cannot write its memory file: it forgets these when it "
+                         "stops (see its log).")
+        if state.read_only:
+            notes.append(f"To forget networks, join the {html.escape(state.group)} group: "
+                         f"{html.escape(join_group_hint(state.group))}.")
+        self.networks_note.setText("<br>".join(notes))
+        self.networks_note.setVisible(bool(notes))
+        self._networks_selection_changed()
+
+    def _networks_selection_changed(self) -> None:
+        state = self.state
+        can_write = state.link is Link.ONLINE and not state.read_only
+        self.forget_button.setEnabled(can_write and self._selected_network() is not None)
+        self.forget_all_button.setEnabled(can_write and bool(state.networks.networks))
+
+    def _selected_network(self) -> str | None:
+        rows = self.networks_table.selectionModel().selectedRows()
+        network = self.state.networks.network_at(rows[0].row()) if rows else None
+        return network.id if network is not None else None
+
+    def _tab_changed(self, index: int) -> None:
+        if self.tabs.widget(index) is self.report_page:
+            self.controller.refresh_networks()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        if self.tabs.currentWidget() is self.report_page:
+            self.controller.refresh_networks()
+
     # --- actions ---
+
+    def _forget_clicked(self) -> None:
+        network = self._selected_network()
+        if network is not None:
+            self.controller.forget_network(network)
 
     def _connect_clicked(self) -> None:
         name = self.profile_combo.currentText()

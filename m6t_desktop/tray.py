@@ -8,6 +8,7 @@ starts later (a panel after the app, at login) is noticed by polling, and the ic
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QAction, QActionGroup, QGuiApplication, QIcon
@@ -19,7 +20,7 @@ from m6t_desktop.client import Link
 from m6t_desktop.controller import Controller
 from m6t_desktop.icons import state_icon
 from m6t_desktop.profiles_store import ProfilesStore
-from m6t_desktop.wording import DisplayState
+from m6t_desktop.wording import OPEN_LOGIN_PAGE, DisplayState
 
 HOST_POLL_MS = 3000  # how often to look for a tray host while there is none
 
@@ -120,6 +121,13 @@ class TrayIcon(QObject):
         cause = state.cause() if state.link is Link.ONLINE else ""
         if cause and status is not None and status.state != TunnelState.DISCONNECTED:
             menu.addAction(cause).setEnabled(False)
+        portal = state.portal() if state.link is Link.ONLINE else None
+        if portal is not None and portal.portal_url:
+            # Where it leads, by name: the page comes from the network, not from the helper.
+            host = urlsplit(portal.portal_url).hostname or portal.portal_url
+            login = menu.addAction(f"{OPEN_LOGIN_PAGE} ({host})")
+            login.setToolTip(portal.portal_url)
+            login.triggered.connect(lambda: self.controller.open_login_page())
         if status is not None and status.address and status.state != TunnelState.DISCONNECTED:
             address = menu.addAction(status.address)
             address.setToolTip("Copy the address")

@@ -78,6 +78,8 @@ def cause_text(status: TunnelStatus, message: str | None = None) -> str:
             return f"the gateway {status.gateway} does not answer{where}; retrying"
         if cause == Cause.RESOLVE_FAILED:
             return f"the gateway name {status.gateway} does not resolve; retrying"
+        if cause == Cause.CAPTIVE_PORTAL and status.portal_url:
+            return PORTAL_WORDS
     if state == TunnelState.ERROR and cause == Cause.SETUP_FAILED and message:
         return f"{CAUSE_WORDS[cause]}: {message}"
     return CAUSE_WORDS[cause]
@@ -96,6 +98,8 @@ CAUSE_WORDS: dict[Cause, str] = {
     Cause.NO_IPV4_NETWORK: "no IPv4 network; it comes back by itself when there is one",
     Cause.GATEWAY_UNREACHABLE: "the gateway does not answer; retrying",
     Cause.RESOLVE_FAILED: "the gateway name does not resolve; retrying",
+    Cause.CAPTIVE_PORTAL: "this network wants you to log in first: open any web page to get "
+                          "its login page; the tunnel connects by itself once you are through",
     Cause.SETUP_FAILED: "setting up the tunnel failed",
     Cause.HELPER_STOPPING: "the helper stopped",
 }
@@ -113,7 +117,21 @@ MTU_REASON_WORDS: dict[MtuReason, str] = {
     MtuReason.USER_REQUEST: "as you asked",
     MtuReason.AUTO: "measured on this network",
     MtuReason.NETWORK_CHANGED: "network changed",
+    MtuReason.REMEMBERED: "remembered from the last time on this network",
 }
+
+# Behind a captive portal whose page the helper found (TunnelStatus.portal_url): short for the
+# tray menu, where the offer to open the page follows; the status window says more.
+PORTAL_WORDS = "this network wants you to log in first"
+PORTAL_TITLE = "Log in to this network"
+OPEN_LOGIN_PAGE = "Open the login page"
+
+
+def portal_advice(url: str) -> str:
+    return (f"It sends web pages to its login page, {url}, and lets nothing else through until "
+            "you log in or accept its terms there. The tunnel connects by itself once you are "
+            "through (the helper looks every 5 seconds).")
+
 
 
 def address_reason_text(reason: AddressReason) -> str:
@@ -167,6 +185,23 @@ def port_probe_text(probe: PortProbe) -> str:
     if probe.reachable:
         return f"reachable, {rtt_text(probe.rtt_ms)}"
     return "blocked" + (f" ({probe.error})" if probe.error else "")
+
+
+def ago_text(seconds: float) -> str:
+    """How long ago, roughly ("just now", "5 min ago", "3 h 10 min ago", "4 days ago")."""
+    minutes = max(0, int(seconds) // 60)
+    if minutes < 1:
+        return "just now"
+    if minutes < 60:
+        return f"{minutes} min ago"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} h {minutes % 60} min ago"
+    return f"{minutes // (24 * 60)} days ago"
+
+
+def fragments_text(passes: bool | None) -> str:
+    """Whether IPv4 fragments got through on a network (KnownNetwork.fragments_pass)."""
+    return "not tested" if passes is None else ("pass" if passes else "blocked")
 
 
 def clock_text(at: float) -> str:

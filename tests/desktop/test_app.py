@@ -5,13 +5,10 @@ refuses or restarts, quitting with and without the tunnel, auto-connect at login
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PySide6.QtCore import QCoreApplication, QEvent
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
@@ -19,69 +16,20 @@ from pytestqt.qtbot import QtBot
 from m6t import profiles
 from m6t.control.errors import ErrorData, InvalidParams, PermissionDenied
 from m6t.profiles import profile_to_dict
-from m6t_desktop.app import DesktopApp, Options
 from m6t_desktop.client import Link
 from m6t_desktop.traffic_graph import RX_COLOUR, TX_COLOUR
 from m6t_desktop.wording import NO_VALUE, DisplayState
-from tests.desktop.conftest import HOME, OFFICE, OFFSCREEN_LIMITS
+from tests.desktop.conftest import (
+    HOME,
+    OFFICE,
+    OFFSCREEN_LIMITS,
+    AppFactory,
+    connected,
+    menu_action,
+    menu_texts,
+    online,
+)
 from tests.fake_helper import FakeHelper, status_for
-
-AppFactory = Callable[..., DesktopApp]
-
-
-def settle() -> None:
-    """Delete what was scheduled for deletion and collect cycles now, in this (GUI) thread:
-    otherwise the garbage collector may free Qt objects later on a FakeHelper thread."""
-    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
-    gc.collect()
-
-
-@pytest.fixture
-def make_app(qtbot: QtBot, socket_path: Path, profiles_path: Path,
-             short_dir: Path) -> Iterator[AppFactory]:
-    made: list[DesktopApp] = []
-
-    def make(tray_available: Callable[[], bool] = lambda: False, **options: Any) -> DesktopApp:
-        app = DesktopApp(Options(socket=str(socket_path), profiles=profiles_path,
-                                 settings=short_dir / "desktop.ini", notifications=False,
-                                 **options), tray_available=tray_available)
-        app.connection._min_delay = app.connection._delay = 0.02  # quick retries in tests
-        app.connection._max_delay = 0.2
-        made.append(app)
-        app.start()
-        return app
-
-    yield make
-    for app in made:
-        app.shutdown()
-        app.deleteLater()
-    made.clear()
-    settle()
-
-
-def online(qtbot: QtBot, app: DesktopApp) -> DesktopApp:
-    qtbot.waitUntil(lambda: app.connection.link is Link.ONLINE, timeout=5000)
-    return app
-
-
-def menu_texts(app: DesktopApp) -> list[str]:
-    assert app.tray is not None
-    app.tray.rebuild_menu()
-    return [a.text().replace("&", "") for a in app.tray.menu.actions() if a.text()]
-
-
-def menu_action(app: DesktopApp, text: str) -> Any:
-    assert app.tray is not None
-    app.tray.rebuild_menu()
-    action = app.tray.action(text)
-    assert action is not None, f"no {text!r} in {menu_texts(app)}"
-    return action
-
-
-def connected(qtbot: QtBot, app: DesktopApp, profile: str = "office") -> None:
-    qtbot.waitUntil(lambda: profile in app.state.tunnels
-                    and app.state.tunnels[profile].state == "connected", timeout=5000)
-
 
 # --- the tray menu, rebuilt from state ---
 

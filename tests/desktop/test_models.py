@@ -8,13 +8,16 @@ from typing import Any
 
 import msgspec
 import pytest
+from PySide6.QtCore import Qt
 from pytestqt.qtbot import QtBot
 
 from m6t.control.errors import ErrorData, InvalidParams, PermissionDenied, TimedOut
 from m6t.control.schema import (
     Access,
     AddressEvent,
+    KnownNetwork,
     MtuEvent,
+    NetworksResult,
     PortProbe,
     RemovedEvent,
     StateEvent,
@@ -397,3 +400,114 @@ def test_report_card_is_kept_per_network(app_state: AppState, network: Network) 
 ])
 def test_network_is_named_by_its_default_route(table: str, name: str) -> None:
     assert parse_default_route(table) == name
+
+
+# --- captive portals ---
+
+PORTAL = "http://192.168.1.1/login?session=1"
+
+
+def portal(url: str | None = PORTAL, network: str | None = "5f0c2d9a61b7e3a4",
+           **changes: Any) -> TunnelStatus:
+    return status("waiting", "captive_portal", address=None, port=None, portal_url=url,
+                  network=network, **changes)
+
+
+def test_a_captive_portal_reads_as_a_login_to_do(app_state: AppState) -> None:
+    assert cause_text(portal()) == "this network wants you to log in first"
+    assert cause_text(portal(None)).startswith("this network wants you to log in first: open "
+                                               "any web page")
+    app_state.apply_event(state_event(portal()))
+    assert app_state.display_state() is DisplayState.DEGRADED
+    assert app_state.portal() is app_state.status
+    assert app_state.headline() == "Waiting for office"
+
+
+def test_a_portal_is_announced_once_per_network_until_the_tunnel_gets_through(
+        app_state: AppState) -> None:
+    notices = []
+    app_state.notice.connect(notices.append)
+    app_state.apply_event(state_event(portal()))
+    # The helper looks again every 5 s; the page may carry a new session token each time.
+    app_state.apply_event(state_event(portal()))
+    app_state.apply_event(state_event(portal("http://192.168.1.1/login?session=2")))
+    app_state.apply_event(state_event(status("connecting", "retrying", address=None)))
+    app_state.apply_event(state_event(portal()))
+    assert [(n.summary, n.state) for n in notices] == [
+        ("m6t: this network wants you to log in first", DisplayState.DEGRADED)]
+    assert PORTAL in notices[0].body and "connects by itself" in notices[0].body
+    assert f"office: this network wants you to log in first ({PORTAL})" in \
+        [entry.text for entry in app_state.events.entries]
+
+    app_state.apply_event(state_event(status("connected", "port_race_won")))  # logged in
+    assert app_state.portal() is None
+    app_state.apply_event(state_event(portal()))  # the next day: news again
+    assert [n.summary for n in notices].count("m6t: this network wants you to log in "
+                                              "first") == 2
+    app_state.apply_event(state_event(portal(network="77aa00bb11cc22dd")))  # another network
+    assert [n.summary for n in notices].count("m6t: this network wants you to log in "
+                                              "first") == 3
+
+
+def test_a_portal_already_there_when_the_app_starts_is_announced(
+        qtbot: QtBot, network: Network) -> None:
+    state = AppState(network_identity=network, clock=lambda: 1_000.0)
+    notices = []
+    state.notice.connect(notices.append)
+    state.load(StatusResult(tunnels=[portal()], access="read-write"))
+    assert [n.summary for n in notices] == ["m6t: this network wants you to log in first"]
+
+
+def test_a_portal_without_its_page_is_an_ordinary_wait(app_state: AppState) -> None:
+    notices = []
+    app_state.notice.connect(notices.append)
+    app_state.apply_event(state_event(portal(None)))
+    assert app_state.portal() is None  # nothing to open
+    assert [n.summary for n in notices] == ["m6t: office is waiting"]
+    assert "open any web page" in notices[0].body
+
+
+def test_a_remembered_mtu_is_logged_in_words(app_state: AppState) -> None:
+    app_state.apply_event(state_event(status()))
+    app_state.apply_event(MtuEvent(tunnel="m6t0", profile="office", mtu=1372, previous=None,
+                                   reason="remembered"))
+    assert app_state.status.mtu == 1372  # type: ignore[union-attr]
+    assert app_state.events.entries[-1].text == \
+        "office: MTU 1372 (remembered from the last time on this network)"
+
+
+# --- what the helper remembers of networks ---
+
+
+def test_known_networks_model_renders_each_record(app_state: AppState) -> None:
+    app_state.set_known_networks(NetworksResult(networks=[
+        KnownNetwork(id="5f0c2d9a61b7e3a4", label="router 192.168.1.1, on wlan0",
+                     profile="office", port=4500, mtu=1372, fragments_pass=True,
+                     last_seen=999.0, current=True),
+        KnownNetwork(id="5f0c8e11aa2299cc", label="router 10.0.0.1, on eth0", profile="home",
+                     port=53, mtu=1472, fragments_pass=None, last_seen=1_000.0 - 7_500)]))
+    model = app_state.networks
+    rows = [[model.data(model.index(r, c)) for c in range(model.columnCount())]
+            for r in range(model.rowCount())]
+    assert rows == [
+        ["router 192.168.1.1, on wlan0", "office", "UDP 4500", "1372", "pass", "now, in use"],
+        ["router 10.0.0.1, on eth0", "home", "UDP 53", "1472", "not tested", "2 h 5 min ago"]]
+    assert model.headerData(4, Qt.Orientation.Horizontal) == "IPv4 fragments"
+    assert model.data(model.index(1, 0), Qt.ItemDataRole.UserRole) == "5f0c8e11aa2299cc"
+    assert model.data(model.index(1, 0), Qt.ItemDataRole.FontRole) is None
+
+
+def test_a_failed_networks_call_keeps_the_list_and_is_logged_once(
+        app_state: AppState) -> None:
+    app_state.set_known_networks(NetworksResult(networks=[KnownNetwork(
+        id="5f0c2d9a61b7e3a4", label="cafe", profile="office", port=4500, mtu=1372,
+        fragments_pass=None, last_seen=999.0)]))
+    for _ in range(3):
+        app_state.networks_failed(TimedOut("the helper did not answer 'networks' in time"))
+    assert app_state.networks.rowCount() == 1
+    assert app_state.networks.problem == \
+        "could not read them: the helper did not answer 'networks' in time"
+    assert sum("could not read them" in e.text for e in app_state.events.entries) == 1
+    app_state.set_known_networks(NetworksResult(networks=[], saved=False))
+    assert app_state.networks.problem is None and not app_state.networks.saved
+    assert "cannot write its memory of networks" in app_state.events.entries[-1].text
