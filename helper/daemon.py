@@ -39,12 +39,12 @@ from m6t.control.schema import (
 )
 from m6t.linux import systemd
 from m6t.linux.udp import FragmentationNeeded
-from m6t.protocol.session import Cause
+from m6t.protocol.session import Cause, Gateway
 
 from .control import Connection, ControlServer, Handler
 from .io import HelperIO, LinuxIO
 from .memory import NetworkMemory
-from .tunnel import Tunnel, probe_ports
+from .tunnel import Tunnel, probe_ports, profile_gateways
 
 log = logging.getLogger("m6t.helper")
 
@@ -218,16 +218,20 @@ class Helper:
         profile = _valid(params.profile)
         if not 0.2 <= params.timeout <= 30:
             raise InvalidParams("timeout must be 0.2-30 s", ErrorData(field="timeout"))
-        try:
-            gateway = await self.io.resolve(profile.gateway)
-        except OSError as exc:
-            raise Unavailable(f"cannot resolve {profile.gateway}: {exc}",
-                              ErrorData(cause=Cause.RESOLVE_FAILED)) from None
-        if self.io.route_to(gateway) is None:
-            raise Unavailable(f"no IPv4 route to {gateway}",
+        gateways = []
+        for host in profile_gateways(profile):
+            try:
+                gateways.append(Gateway(host, await self.io.resolve(host)))
+            except OSError as exc:
+                if host == profile.gateway:
+                    raise Unavailable(f"cannot resolve {host}: {exc}",
+                                      ErrorData(cause=Cause.RESOLVE_FAILED)) from None
+        first = gateways[0].address
+        if self.io.route_to(first) is None:
+            raise Unavailable(f"no IPv4 route to {first}",
                               ErrorData(cause=Cause.NO_IPV4_NETWORK))
-        ports = await probe_ports(self, gateway, profile, params.timeout)
-        return ProbeResult(gateway_address=gateway, ports=ports)
+        ports = await probe_ports(self, gateways, profile, params.timeout)
+        return ProbeResult(gateway_address=first, ports=ports)
 
     async def probe_mtu(self, connection: Connection, params: NameParams) -> MtuReport:
         tunnel = self._tunnel(params.profile)

@@ -32,6 +32,7 @@ FILE_NAME = "networks.json"
 
 class Entry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     label: str
+    gateway: str | None = None  # which of the profile's gateways won
     port: int
     mtu: int
     fragments_pass: bool | None = None
@@ -78,10 +79,11 @@ class NetworkMemory:
 
     def recall(self, network: str, profile: str) -> Remembered | None:
         entry = self._networks.get(network, {}).get(profile)
-        return None if entry is None else Remembered(entry.port, entry.mtu)
+        return None if entry is None else Remembered(entry.port, entry.mtu, entry.gateway)
 
     def known(self, current: Collection[str] = ()) -> list[KnownNetwork]:
-        rows = [KnownNetwork(id=network, label=entry.label, profile=profile, port=entry.port,
+        rows = [KnownNetwork(id=network, label=entry.label, profile=profile,
+                             gateway=entry.gateway, port=entry.port,
                              mtu=entry.mtu, fragments_pass=entry.fragments_pass,
                              last_seen=entry.last_seen, current=network in current)
                 for network, profiles in self._networks.items()
@@ -90,13 +92,14 @@ class NetworkMemory:
 
     # --- changing ---
 
-    def remember(self, network: str, label: str, profile: str, port: int, mtu: int) -> None:
+    def remember(self, network: str, label: str, profile: str, port: int, mtu: int,
+                 gateway: str | None = None) -> None:
         entry = self._networks.setdefault(network, {}).get(profile)
-        if entry is not None and (entry.port, entry.mtu, entry.label) == (port, mtu, label) \
-                and self.clock() - entry.last_seen < 60:
+        if entry is not None and (entry.port, entry.mtu, entry.label, entry.gateway) == (
+                port, mtu, label, gateway) and self.clock() - entry.last_seen < 60:
             return  # nothing new: spare the disk a write per reconnection
         fragments = entry.fragments_pass if entry is not None else None
-        self._networks[network][profile] = Entry(label=label, port=port, mtu=mtu,
+        self._networks[network][profile] = Entry(label=label, gateway=gateway, port=port, mtu=mtu,
                                                  fragments_pass=fragments,
                                                  last_seen=self.clock())
         self._bound()

@@ -38,7 +38,7 @@ from m6t.linux.fragments import fragment_udp, send_fragments
 from m6t.linux.udp import send_datagram
 from m6t.protocol import session as s
 from m6t.protocol.addressing import TunnelPrefix
-from m6t.protocol.client import Inbound, PortRace, build_probe, mtu_probe_sizes
+from m6t.protocol.client import Inbound, build_probe, mtu_probe_sizes
 from m6t.protocol.constants import DEFAULT_TUNNEL_MTU, IPV6_MINIMUM_MTU
 from m6t.protocol.packets import parse_echo
 
@@ -64,18 +64,24 @@ class HelperContext(Protocol):
 
 def port_probes(results: list[s.PortResult]) -> list[PortProbe]:
     return [PortProbe(port=r.port, reachable=r.rtt is not None,
-                      rtt_ms=None if r.rtt is None else round(r.rtt * 1000, 3), error=r.error)
+                      rtt_ms=None if r.rtt is None else round(r.rtt * 1000, 3), error=r.error,
+                      gateway=r.gateway)
             for r in results]
 
 
 def session_config(profile: Profile) -> s.SessionConfig:
-    return s.SessionConfig(host=profile.gateway, ports=tuple(profile.ports),
+    return s.SessionConfig(hosts=tuple(profile_gateways(profile)), ports=tuple(profile.ports),
                            prefix=TunnelPrefix.parse(profile.prefix),
                            home_agent=ipaddress.IPv6Address(profile.home_agent).packed,
                            mtu=profile.mtu, keepalive=profile.keepalive,
                            reply_timeout=profile.liveness.reply_timeout,
                            probe_interval=profile.liveness.probe_interval,
                            probes=profile.liveness.probes)
+
+
+def profile_gateways(profile: Profile) -> list[str]:
+    """The profile's gateway and the others it lists, raced together."""
+    return [profile.gateway, *profile.more_gateways]
 
 
 class Tunnel:
@@ -92,8 +98,8 @@ class Tunnel:
         self.pump: Pump | None = None
         self.first_outcome: asyncio.Future[None] = self.loop.create_future()
         self._outcome_waiters: list[asyncio.Future[None]] = []
-        self._race_sockets: dict[int, socket.socket] = {}
-        self._kept: tuple[int, socket.socket] | None = None  # the race winner's socket
+        self._race_sockets: dict[s.Endpoint, socket.socket] = {}
+        self._kept: tuple[s.Endpoint, socket.socket] | None = None  # the race winner's socket
         self._timer: asyncio.TimerHandle | None = None
         self._resolving: asyncio.Task[None] | None = None
         self._portal_check: asyncio.Task[None] | None = None
@@ -125,7 +131,8 @@ class Tunnel:
             address=str(ipaddress.IPv6Address(session.address)) if session.address else None,
             prefix=self.profile.prefix,
             suffix=None if session.suffix is None else s.suffix_text(session.suffix),
-            gateway=self.profile.gateway, gateway_address=session.gateway_address,
+            gateway=session.gateway or self.profile.gateway,
+            gateway_address=session.gateway_address,
             port=session.port, home_agent=self.profile.home_agent, mtu=session.mtu,
             rtt_ms=None if session.rtt is None else round(session.rtt * 1000, 3),
             rx_bytes=pump.rx_bytes if pump else 0, tx_bytes=pump.tx_bytes if pump else 0,
@@ -134,7 +141,7 @@ class Tunnel:
             ports=port_probes(session.ports),
             message=session.message if session.state == s.TunnelState.ERROR else None,
             network=session.network, network_label=self.network_label,
-            portal_url=session.portal_url)
+            portal_url=session.portal_url, datapath=pump.datapath() if pump else None)
 
     def next_outcome(self) -> asyncio.Future[None]:
         """Resolves when the next connection attempt is decided (connected/waiting/error)."""
@@ -227,17 +234,17 @@ class Tunnel:
 
     def _carry_out(self, action: s.Action) -> None:
         match action:
-            case s.Resolve(host):
-                self._resolving = self.loop.create_task(self._resolve(host))
+            case s.Resolve(hosts):
+                self._resolving = self.loop.create_task(self._resolve(hosts))
             case s.OpenRace(gateway, ports):
                 self._open_race(gateway, ports)
-            case s.SendRaceProbe(port, packet):
-                sock = self._race_sockets.get(port)
+            case s.SendRaceProbe(gateway, port, packet):
+                sock = self._race_sockets.get((gateway, port))
                 if sock is not None:
                     try:
                         sock.send(packet)
                     except OSError as exc:
-                        self.feed(s.RaceError(port, exc.strerror or str(exc)))
+                        self.feed(s.RaceError(gateway, port, exc.strerror or str(exc)))
             case s.CloseRace(keep):
                 self._close_race(keep)
             case s.UseAddress():
@@ -260,9 +267,9 @@ class Tunnel:
                     tunnel=self.name, profile=self.profile.name, state=state, cause=cause,
                     status=self.status(), message=message))
                 self._settle_outcomes()
-            case s.Remember(network, port, mtu):
+            case s.Remember(network, gateway, port, mtu):
                 self.context.memory.remember(network, self.network_label or network,
-                                             self.profile.name, port, mtu)
+                                             self.profile.name, port, mtu, gateway)
             case s.CheckPortal():
                 if self._portal_check is None or self._portal_check.done():
                     self._portal_check = self.loop.create_task(self._check_portal())
@@ -281,20 +288,26 @@ class Tunnel:
 
     # --- carrying out ---
 
-    async def _resolve(self, host: str) -> None:
-        try:
-            gateway = await self.io.resolve(host)
-        except OSError as exc:
-            self.feed(s.ResolveFailed(str(exc)))
+    async def _resolve(self, hosts: tuple[str, ...]) -> None:
+        gateways, errors = [], []
+        for host in hosts:
+            try:
+                gateways.append(s.Gateway(host, await self.io.resolve(host)))
+            except OSError as exc:
+                errors.append(f"{host}: {exc}")
+        if not gateways:
+            self.feed(s.ResolveFailed("; ".join(errors)))
             return
+        if errors:
+            log.warning("%s: some gateways did not resolve: %s", self.name, "; ".join(errors))
         taken = frozenset(self.context.taken_suffixes(self.profile.prefix, self))
-        path = self.io.route_to(gateway)
+        path = self.io.route_to(gateways[0].address)
         identity = await self.io.identify_network(path) if path is not None else None
         remembered = None
         if identity is not None:
             self.network_label = identity.label
             remembered = self.context.memory.recall(identity.id, self.profile.name)
-        self.feed(s.Resolved(gateway, path, taken, identity.id if identity else None,
+        self.feed(s.Resolved(tuple(gateways), path, taken, identity.id if identity else None,
                              remembered))
 
     async def _check_portal(self) -> None:
@@ -306,41 +319,40 @@ class Tunnel:
             try:
                 sock = self.io.open_udp(gateway, port)
             except OSError as exc:
-                self.feed(s.RaceError(port, exc.strerror or str(exc)))
+                self.feed(s.RaceError(gateway, port, exc.strerror or str(exc)))
                 continue
-            self._race_sockets[port] = sock
-            self.loop.add_reader(sock.fileno(), self._race_readable, port, sock)
+            self._race_sockets[gateway, port] = sock
+            self.loop.add_reader(sock.fileno(), self._race_readable, gateway, port, sock)
 
-    def _race_readable(self, port: int, sock: socket.socket) -> None:
+    def _race_readable(self, gateway: str, port: int, sock: socket.socket) -> None:
         while True:
             try:
                 data = sock.recv(65535)
             except BlockingIOError:
                 return
             except OSError as exc:
-                self.feed(s.RaceError(port, exc.strerror or str(exc)))
+                self.feed(s.RaceError(gateway, port, exc.strerror or str(exc)))
                 return
-            self.feed(s.RaceDatagram(port, data))
-            if port not in self._race_sockets:
+            self.feed(s.RaceDatagram(gateway, port, data))
+            if (gateway, port) not in self._race_sockets:
                 return  # that answer ended the race
 
-    def _close_race(self, keep: int | None) -> None:
+    def _close_race(self, keep: s.Endpoint | None) -> None:
         if self._kept is not None:  # a winner whose address could not be set up
             self._kept[1].close()
             self._kept = None
         sockets, self._race_sockets = self._race_sockets, {}
-        for port, sock in sockets.items():
+        for endpoint, sock in sockets.items():
             with contextlib.suppress(ValueError, OSError):
                 self.loop.remove_reader(sock.fileno())  # the winner's is read by its pump now
-            if port == keep:
-                self._kept = (port, sock)
+            if endpoint == keep:
+                self._kept = (endpoint, sock)
             else:
                 sock.close()
 
     def _use_address(self, action: s.UseAddress) -> None:
-        assert self._kept is not None and self._kept[0] == action.port
-        gateway = self.session.gateway_address
-        assert gateway is not None
+        assert self._kept is not None and self._kept[0] == (action.gateway, action.port)
+        gateway = action.gateway
         _, sock = self._kept
         self._kept = None
         address_text = str(ipaddress.IPv6Address(action.address))
@@ -444,45 +456,48 @@ def _answered(future: asyncio.Future[None]) -> bool:
     return future.done() and not future.cancelled()
 
 
-async def probe_ports(context: HelperContext, gateway: str, profile: Profile,
+async def probe_ports(context: HelperContext, gateways: list[s.Gateway], profile: Profile,
                       timeout: float) -> list[PortProbe]:
-    """Every port of `profile` at once, each from its own fresh address and socket, until all
-    answered or `timeout`: what the `probe` method reports. No tunnel is touched."""
+    """Every port of every gateway of `profile` at once, each from its own fresh address and
+    socket, until all answered or `timeout`: what the `probe` method reports. No tunnel is
+    touched."""
     loop, io = context.loop, context.io
-    race = PortRace(TunnelPrefix.parse(profile.prefix),
-                    ipaddress.IPv6Address(profile.home_agent).packed, list(profile.ports),
-                    loop.time(), context.taken_suffixes(profile.prefix, None), timeout=timeout)
-    sockets: dict[int, socket.socket] = {}
-    errors: dict[int, str] = {}
+    config = session_config(profile)
+    config.race_timeout = timeout
+    race = s.Race([g.address for g in gateways], config, loop.time(),
+                  context.taken_suffixes(profile.prefix, None), {})
+    hosts = {g.address: g.host for g in gateways}
+    sockets: dict[s.Endpoint, socket.socket] = {}
+    errors: dict[s.Endpoint, str] = {}
     progress = asyncio.Event()
 
-    def readable(port: int, sock: socket.socket) -> None:
+    def readable(endpoint: s.Endpoint, sock: socket.socket) -> None:
         while True:
             try:
                 data = sock.recv(65535)
             except BlockingIOError:
                 return
             except OSError as exc:
-                errors[port] = exc.strerror or str(exc)
+                errors[endpoint] = exc.strerror or str(exc)
                 return
-            if race.receive(port, data, loop.time()) is not None:
+            if race.receive(*endpoint, data, loop.time()) is not None:
                 progress.set()
 
     try:
-        for port in profile.ports:
+        for endpoint in ((g.address, port) for g in gateways for port in profile.ports):
             try:
-                sockets[port] = io.open_udp(gateway, port)
+                sockets[endpoint] = io.open_udp(*endpoint)
             except OSError as exc:
-                errors[port] = exc.strerror or str(exc)
+                errors[endpoint] = exc.strerror or str(exc)
                 continue
-            loop.add_reader(sockets[port].fileno(), readable, port, sockets[port])
+            loop.add_reader(sockets[endpoint].fileno(), readable, endpoint, sockets[endpoint])
         while not race.finished(loop.time()):
-            for port, packet in race.due(loop.time()):
-                if port in sockets:
+            for gateway, port, packet in race.due(loop.time()):
+                if (gateway, port) in sockets:
                     try:
-                        sockets[port].send(packet)
+                        sockets[gateway, port].send(packet)
                     except OSError as exc:
-                        errors[port] = exc.strerror or str(exc)
+                        errors[gateway, port] = exc.strerror or str(exc)
             progress.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(progress.wait(),
@@ -492,6 +507,6 @@ async def probe_ports(context: HelperContext, gateway: str, profile: Profile,
             with contextlib.suppress(ValueError, OSError):
                 loop.remove_reader(sock.fileno())
             sock.close()
-    return port_probes([s.PortResult(c.port, c.rtt, None if c.rtt is not None
-                                     else errors.get(c.port, "no answer"))
-                        for c in race.candidates.values()])
+    return port_probes([s.PortResult(hosts[address], c.port, c.rtt, None if c.rtt is not None
+                                     else errors.get((address, c.port), "no answer"))
+                        for address, c in race.candidates()])

@@ -224,7 +224,8 @@ class FakeHelper:
             if method == "probe":
                 return schema.ProbeResult(
                     gateway_address=profile.gateway,
-                    ports=[schema.PortProbe(port=p, reachable=True, rtt_ms=0.5)
+                    ports=[schema.PortProbe(port=p, reachable=True, rtt_ms=0.5,
+                                            gateway=profile.gateway)
                            for p in profile.ports])
             self.tunnels[profile.name] = status_for(profile)
             return self.tunnels[profile.name]

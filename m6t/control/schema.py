@@ -62,6 +62,9 @@ class Profile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     routes: Routes = "home-agent"
     auto_connect: bool = False
     liveness: Liveness = msgspec.field(default_factory=Liveness)
+    # Other gateways raced with `gateway` (each on every port): several gateways serving the
+    # profile's prefix, or a gateway being replaced. The first to answer wins.
+    more_gateways: list[str] = []
 
 
 class ProfileError(ValueError):
@@ -152,6 +155,21 @@ def check_keepalive(keepalive: float) -> None:
                                         "30 s is the longest NATs reliably tolerate)")
 
 
+MAX_GATEWAYS = 8
+
+
+def check_more_gateways(gateway: str, more: list[str]) -> None:
+    if len(more) >= MAX_GATEWAYS:
+        raise ProfileError("more_gateways", f"at most {MAX_GATEWAYS - 1} besides gateway")
+    for other in more:
+        try:
+            check_gateway(other)
+        except ProfileError as exc:
+            raise ProfileError("more_gateways", exc.reason) from None
+    if len({gateway, *more}) != len(more) + 1:
+        raise ProfileError("more_gateways", "each gateway once (and not `gateway` again)")
+
+
 def check_liveness(liveness: Liveness) -> None:
     for name, value, low, high in (("reply_timeout", liveness.reply_timeout, 1.0, 30.0),
                                    ("probe_interval", liveness.probe_interval, 0.2, 10.0),
@@ -187,6 +205,7 @@ def validate_profile(profile: Profile) -> Profile:
     check_keepalive(profile.keepalive)
     check_routes(profile.routes)
     check_liveness(profile.liveness)
+    check_more_gateways(profile.gateway, profile.more_gateways)
     return profile
 
 
@@ -226,6 +245,7 @@ class PortProbe(msgspec.Struct, kw_only=True):
     reachable: bool
     rtt_ms: float | None = None
     error: str | None = None
+    gateway: str | None = None  # which of the profile's gateways (as the profile names it)
 
 
 class MtuReport(msgspec.Struct, kw_only=True):
@@ -234,6 +254,17 @@ class MtuReport(msgspec.Struct, kw_only=True):
     ipv4_path_mtu: int | None  # what the route to the gateway says
     tried: list[int]
     answered: list[int]
+
+
+class DatapathStatus(msgspec.Struct, kw_only=True):
+    """The tunnel's data path: the offloads it uses (udp_gso, udp_gro, tun_coalesce_tcp,
+    tun_coalesce_udp, tun_tso, tun_uso; m6t.linux.offload) and why each other one is not used
+    (turned off, or what the kernel refused: the plain path is used instead)."""
+
+    offloads: list[str] = []
+    off: dict[str, str] = {}  # feature -> why not
+    coalesced_packets: int = 0  # written to the TUN device inside super-packets
+    segmented_packets: int = 0  # cut from super-packets read from the TUN device
 
 
 class TunnelStatus(msgspec.Struct, kw_only=True):
@@ -262,6 +293,7 @@ class TunnelStatus(msgspec.Struct, kw_only=True):
     network: str | None = None  # the IPv4 network the tunnel runs over (KnownNetwork.id)
     network_label: str | None = None  # the same, in words
     portal_url: str | None = None  # with cause "captive_portal": the page to log in on
+    datapath: DatapathStatus | None = None  # while a data path runs: its offloads
 
 
 # --- params (every method's, decoded strictly: an unknown field is an error) ---
@@ -326,6 +358,7 @@ class KnownNetwork(msgspec.Struct, kw_only=True):
     id: str  # stable for the network: a hash of its router's MAC address, its SSID, ...
     label: str  # the same in words ("Wi-Fi CoffeeShop, router 02:fc:00:00:00:01")
     profile: str
+    gateway: str | None = None  # the gateway that won there (as the profile names it)
     port: int  # the port that won there
     mtu: int  # the tunnel MTU that worked there
     fragments_pass: bool | None  # whether IPv4 fragments got through (None: never tested)

@@ -30,6 +30,7 @@ from m6t.protocol.client import (
     Liveness,
     LivenessMonitor,
     PortRace,
+    RaceCandidate,
     random_fraction,
     tunnel_mtu_for_link,
     tunnel_mtu_for_route,
@@ -138,12 +139,19 @@ class Remembered:
 
     port: int
     mtu: int
+    gateway: str | None = None  # which of the profile's gateways won (host as configured)
+
+
+@dataclass(frozen=True)
+class Gateway:
+    host: str  # as the profile names it
+    address: str  # its IPv4 address
 
 
 @dataclass(frozen=True)
 class Resolved:
-    gateway: str  # IPv4 literal
-    path: Ipv4Path | None  # None: no IPv4 route to it
+    gateways: tuple[Gateway, ...]  # those that resolved, in the profile's order
+    path: Ipv4Path | None  # the route to the first; None: no IPv4 route
     taken: frozenset[int] = frozenset()  # suffixes other tunnels on the same /80 use
     network: str | None = None  # which IPv4 network this is, if the helper could tell
     remembered: Remembered | None = None  # and what it taught this profile before
@@ -163,12 +171,14 @@ class ResolveFailed:
 
 @dataclass(frozen=True)
 class RaceDatagram:
+    gateway: str  # IPv4 address
     port: int
     data: bytes
 
 
 @dataclass(frozen=True)
 class RaceError:
+    gateway: str
     port: int
     error: str
 
@@ -232,7 +242,7 @@ Event = (Resolved | ResolveFailed | RaceDatagram | RaceError | Traffic | Keepali
 
 @dataclass(frozen=True)
 class Resolve:
-    host: str
+    hosts: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -245,24 +255,29 @@ class OpenRace:
 
 @dataclass(frozen=True)
 class SendRaceProbe:
+    gateway: str
     port: int
     packet: bytes
+
+
+Endpoint = tuple[str, int]  # (gateway IPv4 address, UDP port)
 
 
 @dataclass(frozen=True)
 class CloseRace:
     """Close the race's sockets, all but `keep` (the winner's, which carries the tunnel)."""
 
-    keep: int | None
+    keep: Endpoint | None
 
 
 @dataclass(frozen=True)
 class UseAddress:
     """Put `address` on the tunnel interface (creating it, with the session's MTU, if there is
-    none) and move the data path onto the race socket of `port`."""
+    none) and move the data path onto the race socket of (`gateway`, `port`)."""
 
     address: bytes
     suffix: int
+    gateway: str
     port: int
     previous: bytes | None
     reason: AddressReason
@@ -289,9 +304,10 @@ class StateChanged:
 
 @dataclass(frozen=True)
 class Remember:
-    """Store what this network taught this profile (the port that won, the usable MTU)."""
+    """Store what this network taught this profile (the gateway and port that won, the MTU)."""
 
     network: str
+    gateway: str  # host as configured
     port: int
     mtu: int
 
@@ -312,8 +328,9 @@ Action = (Resolve | OpenRace | SendRaceProbe | CloseRace | UseAddress | ApplyMtu
 
 @dataclass(frozen=True)
 class PortResult:
-    """What the last race saw of one port."""
+    """What the last race saw of one port of one gateway."""
 
+    gateway: str  # host as configured
     port: int
     rtt: float | None  # seconds, None: no answer
     error: str | None = None
@@ -321,7 +338,7 @@ class PortResult:
 
 @dataclass
 class SessionConfig:
-    host: str  # the gateway: IPv4 literal or name
+    hosts: tuple[str, ...]  # the gateways (IPv4 literals or names), raced like the ports
     ports: tuple[int, ...]
     prefix: TunnelPrefix
     home_agent: bytes
@@ -331,6 +348,42 @@ class SessionConfig:
     probe_interval: float = 1.0  # between unanswered probes
     probes: int = 3  # unanswered probes before the path is declared dead
     race_timeout: float = RACE_TIMEOUT
+
+
+class Race:
+    """One PortRace per gateway, raced together: every (gateway, port) at once, each from its
+    own fresh address (never one another candidate or another tunnel uses)."""
+
+    def __init__(self, gateways: list[str], config: SessionConfig, now: float,
+                 taken: set[int], delays: dict[Endpoint, float]) -> None:
+        self.races: dict[str, PortRace] = {}
+        used = set(taken)
+        for gateway in gateways:
+            race = PortRace(config.prefix, config.home_agent, list(config.ports), now, used,
+                            timeout=config.race_timeout,
+                            delays={port: delay for (address, port), delay in delays.items()
+                                    if address == gateway})
+            used |= {candidate.suffix for candidate in race.candidates.values()}
+            self.races[gateway] = race
+
+    def due(self, now: float) -> list[tuple[str, int, bytes]]:
+        return [(gateway, port, packet) for gateway, race in self.races.items()
+                for port, packet in race.due(now)]
+
+    def next_deadline(self) -> float:
+        return min(race.next_deadline() for race in self.races.values())
+
+    def receive(self, gateway: str, port: int, data: bytes, now: float
+                ) -> RaceCandidate | None:
+        race = self.races.get(gateway)
+        return None if race is None else race.receive(port, data, now)
+
+    def finished(self, now: float) -> bool:
+        return all(race.finished(now) for race in self.races.values())
+
+    def candidates(self) -> list[tuple[str, RaceCandidate]]:
+        return [(gateway, candidate) for gateway, race in self.races.items()
+                for candidate in race.candidates.values()]
 
 
 # Causes that a new address can be "connected because of" (after the first connect).
@@ -345,6 +398,7 @@ class ClientSession:
     phase: Phase = Phase.IDLE
     cause: Cause = Cause.USER_REQUEST
     message: str | None = None
+    gateway: str | None = None  # the gateway in use (host as configured)
     gateway_address: str | None = None
     path: Ipv4Path | None = None  # the route of the network we are connected on
     address: bytes | None = None
@@ -357,11 +411,13 @@ class ClientSession:
     portal_url: str | None = None  # behind a captive portal: where to log in
     liveness: LivenessMonitor = field(init=False)
     _reason: Cause = Cause.USER_REQUEST  # why the current attempt was started
-    _race: PortRace | None = None
+    _race: Race | None = None
     _pending_path: Ipv4Path | None = None  # the route the running race goes over
     _remembered: Remembered | None = None  # what the network of the running race taught us
-    _race_errors: dict[int, str] = field(default_factory=dict)
-    _winner: int | None = None
+    _race_errors: dict[Endpoint, str] = field(default_factory=dict)
+    _first: Endpoint | None = None  # the remembered endpoint, raced alone for a head start
+    _winner: Endpoint | None = None
+    _hosts: dict[str, str] = field(default_factory=dict)  # address -> host, this attempt
     _race_ends: float = 0.0
     _backoff: float = FIRST_BACKOFF
     _retry_at: float | None = None
@@ -424,7 +480,7 @@ class ClientSession:
     def _attempt(self, reason: Cause) -> list[Action]:
         self._reason = reason
         self._retry_at = None
-        return [*self._enter(Phase.RESOLVING, reason), Resolve(self.config.host)]
+        return [*self._enter(Phase.RESOLVING, reason), Resolve(self.config.hosts)]
 
     def _retry_reason(self) -> Cause:
         # A retry after a failed first attempt is "retrying"; after a lost connection, the
@@ -432,32 +488,45 @@ class ClientSession:
         return Cause.RETRYING if self.address is None else self._reason
 
     def _resolved(self, event: Resolved, now: float) -> list[Action]:
-        self.gateway_address = event.gateway
+        if not event.gateways:
+            return self._resolve_failed(ResolveFailed("no gateway resolved"), now)
+        self.gateway_address = event.gateways[0].address
+        self._hosts = {g.address: g.host for g in event.gateways}
         if event.path is None:
-            # "When a MN gets IPv4 connectivity (IPv4 address and route)" (Protocol operations):
-            # without it there is nothing to try; a network event brings us back.
+            # "When a MN gets IPv4 connectivity (IPv4 address and route), it selects a random 48
+            # bits value" (Protocol operations): without it there is nothing to try; a network
+            # event brings us back.
             return self._wait(Cause.NO_IPV4_NETWORK, backoff=False)
         self._pending_path = event.path
         self.network = event.network
+        endpoints = [(g.address, port) for g in event.gateways for port in self.config.ports]
         remembered = event.remembered
-        if remembered is not None and remembered.port not in self.config.ports:
-            remembered = None  # the profile changed since
+        first: Endpoint | None = None
+        if remembered is not None:
+            first = next(((address, port) for address, port in endpoints
+                          if port == remembered.port
+                          and self._hosts[address] == (remembered.gateway
+                                                       or self._hosts[address])), None)
+            if first is None:
+                remembered = None  # the profile changed since
         self._remembered = remembered
         actions: list[Action] = []
-        delays: dict[int, float] = {}
-        if remembered is not None:
-            # A known network: its port first, the others after a head start; its MTU now.
-            delays = {port: HEAD_START for port in self.config.ports if port != remembered.port}
+        delays: dict[Endpoint, float] = {}
+        if first is not None and remembered is not None:
+            # A known network: its gateway and port first, the others after a head start; its
+            # MTU now.
+            delays = {endpoint: HEAD_START for endpoint in endpoints if endpoint != first}
             if not event.path.same_network(self.path):
                 actions += self._apply_mtu(remembered.mtu, MtuReason.REMEMBERED)
-        self._race = PortRace(self.config.prefix, self.config.home_agent,
-                              list(self.config.ports), now, set(event.taken),
-                              timeout=self.config.race_timeout, delays=delays)
+        self._race = Race([g.address for g in event.gateways], self.config, now,
+                          set(event.taken), delays)
         self._race_errors = {}
         self._winner = None
+        self._first = first
         self._race_ends = now + self.config.race_timeout
         self.phase = Phase.RACING
-        return [*actions, OpenRace(event.gateway, self.config.ports), *self._race_probes(now)]
+        return [*actions, *(OpenRace(g.address, self.config.ports) for g in event.gateways),
+                *self._race_probes(now)]
 
     def _resolve_failed(self, event: ResolveFailed, now: float) -> list[Action]:
         self.message = event.message
@@ -465,26 +534,26 @@ class ClientSession:
 
     def _race_probes(self, now: float) -> list[Action]:
         assert self._race is not None
-        return [SendRaceProbe(port, packet) for port, packet in self._race.due(now)]
+        return [SendRaceProbe(gateway, port, packet)
+                for gateway, port, packet in self._race.due(now)]
 
     def _race_datagram(self, event: RaceDatagram, now: float) -> list[Action]:
         assert self._race is not None
-        if self._race.receive(event.port, event.data, now) is None:
+        if self._race.receive(event.gateway, event.port, event.data, now) is None:
             return []
         if self._winner is None:
             # The first answer wins; the others get a moment so the report of which ports
             # work is honest, without delaying the tunnel noticeably. The remembered port
             # winning its head start ends the race at once: nothing else was tried.
-            self._winner = event.port
-            remembered = self._remembered is not None and self._remembered.port == event.port
-            self._race_ends = min(self._race_ends, now if remembered
+            self._winner = (event.gateway, event.port)
+            self._race_ends = min(self._race_ends, now if self._winner == self._first
                                   else now + RACE_REPORT_GRACE)
         if self._race.finished(now) or now >= self._race_ends:
             return self._race_over(now)
         return []
 
     def _race_error(self, event: RaceError, now: float) -> list[Action]:
-        self._race_errors[event.port] = event.error
+        self._race_errors[event.gateway, event.port] = event.error
         return []
 
     def _race_timer(self, now: float) -> list[Action]:
@@ -496,32 +565,35 @@ class ClientSession:
     def _race_over(self, now: float) -> list[Action]:
         race, self._race = self._race, None
         assert race is not None
-        self.ports = [PortResult(c.port, c.rtt, None if c.rtt is not None
-                                 else self._race_errors.get(c.port, "no answer") if c.attempts
+        self.ports = [PortResult(self._hosts[address], c.port, c.rtt,
+                                 None if c.rtt is not None
+                                 else self._race_errors.get((address, c.port), "no answer")
+                                 if c.attempts
                                  else "not tried: the remembered port answered first")
-                      for c in race.candidates.values()]
+                      for address, c in race.candidates()]
         if self._winner is None:
             # No port answered: a captive portal that holds everything until a login is the
             # one case the user can fix; ask, while the back-off runs.
             return [CloseRace(None), *self._wait(Cause.GATEWAY_UNREACHABLE, now=now),
                     CheckPortal()]
-        won = race.candidates[self._winner]
+        address, port = self._winner
+        won = race.races[address].candidates[port]
         assert won.rtt is not None
         path, self._pending_path = self._pending_path, None
         assert path is not None
         previous = self.address
         reason = AddressReason.CONNECT if previous is None else AddressReason(self._reason)
-        actions: list[Action] = [CloseRace(won.port)]
+        actions: list[Action] = [CloseRace(self._winner)]
         actions += self._mtu_for_network(path)
         self.path = path
         self.portal_url = None
-        self.address, self.suffix, self.port, self.rtt = won.address, won.suffix, won.port, won.rtt
-        actions.append(UseAddress(won.address, won.suffix, won.port, previous, reason))
+        self.gateway, self.gateway_address = self._hosts[address], address
+        self.address, self.suffix, self.port, self.rtt = won.address, won.suffix, port, won.rtt
+        actions.append(UseAddress(won.address, won.suffix, address, port, previous, reason))
         actions += self._remember()
-        if self.config.ports and self._winner != self.config.ports[0] \
-                and not any(c.port == self.config.ports[0] and c.rtt is not None
-                            for c in race.candidates.values()):
-            cause = Cause.PORT_FALLBACK  # the preferred port did not answer: say so
+        first = next(iter(race.races.values())).candidates.get(self.config.ports[0])
+        if first is None or first.rtt is None:
+            cause = Cause.PORT_FALLBACK  # the preferred gateway and port did not answer
         elif previous is not None and self._reason in _ADDRESS_CAUSES:
             cause = self._reason  # connected again, with a new address, because of this
         else:
@@ -632,9 +704,9 @@ class ClientSession:
         return self._apply_mtu(self._base_mtu(path), reason)
 
     def _remember(self) -> list[Action]:
-        if self.network is None or self.port is None:
+        if self.network is None or self.port is None or self.gateway is None:
             return []
-        return [Remember(self.network, self.port, self.mtu)]
+        return [Remember(self.network, self.gateway, self.port, self.mtu)]
 
     def _fragmentation_needed(self, event: FragmentationNeeded, now: float) -> list[Action]:
         """"Reception of ICMP Packet too big messages from IPv4 routers on the path may be used

@@ -262,7 +262,8 @@ def test_connect_ad_hoc_builds_the_profile_from_options(
         "name": "adhoc", "gateway": "gw.example.net", "ports": [3544, 4500, 53],
         "prefix": "fd6d:6d74:1:1:1::/80", "home_agent": "fd48:4100::2", "mtu": "auto",
         "keepalive": 15.0, "routes": ["2001:db8::/32", "fd48::/16"], "auto_connect": False,
-        "liveness": {"reply_timeout": 3.0, "probe_interval": 1.0, "probes": 3}}})]
+        "liveness": {"reply_timeout": 3.0, "probe_interval": 1.0, "probes": 3},
+        "more_gateways": []}})]
 
 
 def test_connect_ad_hoc_does_not_need_a_readable_profiles_file(
@@ -602,8 +603,10 @@ def test_probe_where_no_port_answers_fails_and_suggests_other_ports(
 def test_probe_json(helper: FakeHelper, m6t: Callable[..., Run]) -> None:
     run = m6t("probe", "--json", *OFFICE_OPTIONS)
     assert json.loads(run.out) == {"gateway_address": "198.51.100.1", "ports": [
-        {"port": 3544, "reachable": True, "rtt_ms": 0.5, "error": None},
-        {"port": 4500, "reachable": True, "rtt_ms": 0.5, "error": None}]}
+        {"port": 3544, "reachable": True, "rtt_ms": 0.5, "error": None,
+         "gateway": "198.51.100.1"},
+        {"port": 4500, "reachable": True, "rtt_ms": 0.5, "error": None,
+         "gateway": "198.51.100.1"}]}
 
 
 def test_probe_mtu_reports_the_largest_packet_and_how_to_use_it(

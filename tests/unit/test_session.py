@@ -16,7 +16,7 @@ T = 100.0
 
 
 def session(**config: typing.Any) -> s.ClientSession:
-    settings: dict[str, typing.Any] = {"host": "gw.example.net", "ports": (3544, 4500),
+    settings: dict[str, typing.Any] = {"hosts": ("gw.example.net",), "ports": (3544, 4500),
                                        "prefix": PREFIX, "home_agent": HOME_AGENT.packed}
     settings.update(config)
     return s.ClientSession(s.SessionConfig(**settings), random=lambda: 0.0)
@@ -38,12 +38,12 @@ def test_start_resolves_the_gateway_and_says_connecting() -> None:
     client = session()
     actions = client.start(T)
     assert states(actions) == [(s.TunnelState.CONNECTING, s.Cause.USER_REQUEST)]
-    assert actions[-1] == s.Resolve("gw.example.net")
+    assert actions[-1] == s.Resolve(("gw.example.net",))
     assert client.next_deadline() is None  # the resolver answers, not a timer
 
 
 @pytest.mark.parametrize(("phase", "event"), [
-    (s.Phase.CONNECTED, s.RaceDatagram(3544, b"late answer")),
+    (s.Phase.CONNECTED, s.RaceDatagram("198.51.100.1", 3544, b"late answer")),
     (s.Phase.WAITING, s.RegenerateRequested()),
     (s.Phase.RESOLVING, s.KeepaliveAnswered()),
     (s.Phase.RACING, s.NetworkChanged(None)),
@@ -99,7 +99,7 @@ def test_a_failed_setup_is_an_error_with_its_message_then_a_retry() -> None:
 def test_stop_tears_down_and_says_why(cause: s.Cause) -> None:
     client = session()
     client.start(T)
-    client.handle(s.Resolved("198.51.100.1", PATH), T)
+    client.handle(s.Resolved((s.Gateway("gw.example.net", "198.51.100.1"),), PATH), T)
     actions = client.handle(s.Stop(cause), T)
     assert actions == [s.CloseRace(None), s.Teardown(),
                        s.StateChanged(s.TunnelState.DISCONNECTED, cause, None)]

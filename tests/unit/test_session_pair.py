@@ -43,6 +43,7 @@ class Driver:
     portal: str | None = None  # a captive portal's login page, while it holds us
     portal_checks: list[float] = field(default_factory=list)
     probes_sent: list[tuple[float, int]] = field(default_factory=list)  # race probes: (at, port)
+    addresses_of: dict[str, str] = field(default_factory=dict)  # host names the resolver knows
 
     @property
     def now(self) -> float:
@@ -57,18 +58,21 @@ class Driver:
     def _do(self, actions: list[s.Action]) -> None:
         for action in actions:
             match action:
-                case s.Resolve():
+                case s.Resolve(hosts):
                     network = self.path.interface if self.path else None
-                    self.feed(s.Resolved(GATEWAY, self.path, network=network,
+                    gateways = tuple(s.Gateway(host, self.addresses_of.get(host, host))
+                                     for host in hosts)
+                    self.feed(s.Resolved(gateways, self.path, network=network,
                                          remembered=self.memory.get(network or "")))
                 case s.OpenRace(_, ports):
                     self.open_ports = set(ports)
-                case s.SendRaceProbe(port, packet):
+                case s.SendRaceProbe(gateway, port, packet):
                     self.probes_sent.append((self.now, port))
-                    self.link.client_sends(port, packet)
+                    if gateway == GATEWAY:  # the one the link leads to; others are dead hosts
+                        self.link.client_sends(port, packet)
                 case s.CloseRace(keep):
-                    self.open_ports = {keep} if keep is not None else set()
-                case s.UseAddress(address, _, _, _, reason):
+                    self.open_ports = {keep[1]} if keep is not None else set()
+                case s.UseAddress(address, _, _, _, _, reason):
                     self.addresses.append((self.now, address, reason))
                 case s.ApplyMtu(mtu, _, reason):
                     self.mtus.append((mtu, reason))
@@ -78,8 +82,8 @@ class Driver:
                     self.link.client_sends(self.session.port, packet)
                 case s.StateChanged(state, cause, _):
                     self.states.append((self.now, state, cause))
-                case s.Remember(network, port, mtu):
-                    self.memory[network] = s.Remembered(port, mtu)
+                case s.Remember(network, gateway, port, mtu):
+                    self.memory[network] = s.Remembered(port, mtu, gateway)
                 case s.CheckPortal():
                     self.portal_checks.append(self.now)
                     self.feed(s.PortalChecked(self.portal))
@@ -124,7 +128,7 @@ class Driver:
         if port not in self.open_ports:
             return  # a socket closed by now
         if self.session.phase is s.Phase.RACING:
-            self.feed(s.RaceDatagram(port, packet))
+            self.feed(s.RaceDatagram(GATEWAY, port, packet))
             return
         address = self.session.address
         if address is None or port != self.session.port:
@@ -144,11 +148,12 @@ class Driver:
 def make_driver(loss: float = 0.0, *, mtu: int | str = DEFAULT_TUNNEL_MTU,
                 keepalive: float = KEEPALIVE_INTERVAL, blocked: tuple[int, ...] = (),
                 path: s.Ipv4Path | None = WIFI,
-                memory: dict[str, s.Remembered] | None = None) -> Driver:
+                memory: dict[str, s.Remembered] | None = None,
+                hosts: tuple[str, ...] = (GATEWAY,)) -> Driver:
     link = make_world()
     link.loss = loss
     link.blocked.update(blocked)
-    config = s.SessionConfig(host=GATEWAY, ports=tuple(GATEWAY_PORTS), prefix=PREFIX,
+    config = s.SessionConfig(hosts=tuple(hosts), ports=tuple(GATEWAY_PORTS), prefix=PREFIX,
                              home_agent=HOME_AGENT.packed, mtu=mtu,  # type: ignore[arg-type]
                              keepalive=keepalive)
     driver = Driver(link, s.ClientSession(config, random=lambda: 0.5), path=path,
@@ -361,7 +366,8 @@ def test_a_known_network_is_joined_on_its_remembered_port_without_a_race() -> No
     driver = make_driver(blocked=(GATEWAY_PORTS[0],))
     driver.run_until(driver.now + 5)
     assert driver.session.port == GATEWAY_PORTS[1]
-    assert driver.memory == {"wlan0": s.Remembered(GATEWAY_PORTS[1], DEFAULT_TUNNEL_MTU)}
+    assert driver.memory == {"wlan0": s.Remembered(GATEWAY_PORTS[1], DEFAULT_TUNNEL_MTU,
+                                                   GATEWAY)}
     driver.path = WIRED
     driver.feed(s.NetworkChanged(WIRED))  # leave...
     driver.run_until(driver.now + 5)
@@ -382,7 +388,8 @@ def test_a_known_network_is_joined_on_its_remembered_port_without_a_race() -> No
 def test_a_remembered_port_that_no_longer_answers_loses_only_its_head_start() -> None:
     # This network now filters what worked before.
     driver = make_driver(blocked=(GATEWAY_PORTS[2],),
-                         memory={"wlan0": s.Remembered(GATEWAY_PORTS[2], DEFAULT_TUNNEL_MTU)})
+                         memory={"wlan0": s.Remembered(GATEWAY_PORTS[2], DEFAULT_TUNNEL_MTU,
+                                                       GATEWAY)})
     start = driver.now
     driver.run_until(start + 5)
     assert driver.session.state is s.TunnelState.CONNECTED
@@ -392,12 +399,12 @@ def test_a_remembered_port_that_no_longer_answers_loses_only_its_head_start() ->
 
 
 def test_a_remembered_mtu_is_applied_at_once_and_learning_updates_it() -> None:
-    driver = make_driver(memory={"wlan0": s.Remembered(GATEWAY_PORTS[0], 1372)})
+    driver = make_driver(memory={"wlan0": s.Remembered(GATEWAY_PORTS[0], 1372, GATEWAY)})
     driver.run_until(driver.now + 1)
     assert driver.mtus[0] == (1372, s.MtuReason.REMEMBERED)
     assert driver.session.mtu == 1372
     driver.feed(s.FragmentationNeeded(1350))
-    assert driver.memory["wlan0"] == s.Remembered(GATEWAY_PORTS[0], 1322)
+    assert driver.memory["wlan0"] == s.Remembered(GATEWAY_PORTS[0], 1322, GATEWAY)
 
 
 # --- captive portals --------------------------------------------------------------------------
@@ -428,3 +435,30 @@ def test_no_portal_keeps_gateway_unreachable_with_its_back_off() -> None:
     driver.run_until(driver.now + 4.5)  # the race (4 s) is over, the retry (1 s) not yet due
     assert driver.session.cause is s.Cause.GATEWAY_UNREACHABLE
     assert len(driver.portal_checks) == 1
+
+
+# --- several gateways ---------------------------------------------------------------------------
+
+
+def test_several_gateways_are_raced_like_ports_and_a_dead_one_costs_nothing() -> None:
+    # "a profile may list several gateways and the helper races them as it races ports"
+    dead = "203.0.113.99"  # listed first, but its host is gone
+    driver = make_driver(hosts=(dead, GATEWAY))
+    start = driver.now
+    driver.run_until(start + 2)
+    assert driver.session.state is s.TunnelState.CONNECTED
+    assert (driver.session.gateway, driver.session.gateway_address) == (GATEWAY, GATEWAY)
+    assert driver.states[-1][2] is s.Cause.PORT_FALLBACK  # the preferred gateway is down
+    assert driver.connected_at(after=start) - start <= 0.1 + s.RACE_REPORT_GRACE
+    by_gateway = {(p.gateway, p.port): p.rtt for p in driver.session.ports}
+    assert all(by_gateway[dead, port] is None for port in GATEWAY_PORTS)
+
+
+def test_a_remembered_gateway_is_tried_first_on_a_known_network() -> None:
+    memory = {"wlan0": s.Remembered(GATEWAY_PORTS[1], DEFAULT_TUNNEL_MTU, GATEWAY)}
+    driver = make_driver(hosts=("203.0.113.99", GATEWAY), memory=memory)
+    start = driver.now
+    driver.run_until(start + 2)
+    assert driver.session.port == GATEWAY_PORTS[1]
+    assert {port for _, port in driver.probes_sent} == {GATEWAY_PORTS[1]}
+    assert driver.connected_at(after=start) - start <= 0.05
