@@ -313,6 +313,13 @@ class AppState(QObject):
         severity = {TunnelState.ERROR: "error",
                     TunnelState.WAITING: "warning"}.get(status.state, "info")
         self.events.append(text, severity)
+        if previous is not None and previous.state == TunnelState.CONNECTED \
+                and status.state != TunnelState.CONNECTED:
+            # Traffic events stop with the tunnel: the graph and its legend go to nothing
+            # instead of showing the last rates as if they went on.
+            self.history(event.profile).add(self.clock(), 0.0, 0.0)
+            if event.profile == self.current:
+                self.trafficAdded.emit()
         self._announce_portal(status)
         self._notice_for_state(previous, status, event.message)
         if status.state == TunnelState.CONNECTING:
@@ -356,7 +363,7 @@ class AppState(QObject):
         self.notice.emit(Notice(summary, body, display))
 
     def _announce_portal(self, status: TunnelStatus) -> None:
-        """Once per tunnel and network: the helper looks again every 5 s, and neither each
+        """Once per tunnel and network: the helper looks again every few seconds, and neither each
         look nor a login page whose address changes each time (a session token in it) may
         bring the bubble back. Once the tunnel connects, a later portal is news again."""
         if status.state == TunnelState.CONNECTED:

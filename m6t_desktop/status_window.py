@@ -89,7 +89,7 @@ class StatusWindow(QMainWindow):
         self._shown_profile: str | None = None
         self.setWindowTitle("m6t desktop")
         self.setWindowIcon(app_icon())
-        self.resize(720, 640)
+        self.resize(720, 700)
         self._build_menu()
 
         central = QWidget()
@@ -280,13 +280,13 @@ class StatusWindow(QMainWindow):
 
     def _build_networks(self) -> QGroupBox:
         box = QGroupBox("Networks the helper remembers")
+        box.setToolTip("Back on one of these networks, the helper tries the port that won "
+                       "there first and uses the MTU that worked at once")
         layout = QVBoxLayout(box)
-        intro = QLabel("On a network it has seen, the helper tries the port that won there "
-                       "first and uses the MTU that worked at once.")
-        intro.setWordWrap(True)
-        intro.setStyleSheet("color: palette(placeholder-text);")
-        layout.addWidget(intro)
         self.networks_table = _table(self.state.networks)
+        rows = self.networks_table.verticalHeader().defaultSectionSize()
+        self.networks_table.setMinimumHeight(
+            self.networks_table.horizontalHeader().sizeHint().height() + 3 * rows + 4)
         self.networks_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.networks_table.horizontalHeader().setSectionResizeMode(
             0, QHeaderView.ResizeMode.Stretch)
@@ -374,6 +374,7 @@ class StatusWindow(QMainWindow):
             self.network_label.setText(status.network_label or NO_VALUE)
             self.home_agent_label.setText(status.home_agent)
             self.since_label.setText(since_text(status.since, time.time()))
+        self.address_note.setVisible(bool(self.address_note.text()))  # no empty line
         self.graph.set_history(state.history() if status is not None else None)
         self.refresh_traffic()
         self.setWindowTitle(state.headline())  # Qt appends " — m6t desktop"
@@ -439,13 +440,13 @@ class StatusWindow(QMainWindow):
         card = report.card
         network = self.state.network_identity()
         if report.testing:
-            self.report_title.setText(f"Testing {network}…")
+            self.report_title.setText(f"Testing {html.escape(self._network_words(network))}…")
         elif card is None:
-            self.report_title.setText(f"Network <b>{html.escape(network)}</b>: not tested "
-                                      "yet.")
+            self.report_title.setText(f"Network <b>{html.escape(self._network_words(network))}"
+                                      "</b>: not tested yet.")
         else:
             source = "tested" if card.source == "test" else "seen when connecting"
-            text = (f"Network <b>{html.escape(card.network)}</b> · profile "
+            text = (f"Network <b>{html.escape(self._network_words(card.network))}</b> · profile "
                     f"<b>{html.escape(card.profile)}</b> · {source} at {clock_text(card.at)}")
             if card.error:
                 text += f"<br><span style='color: #8C1D18'>{html.escape(card.error)}</span>"
@@ -463,6 +464,15 @@ class StatusWindow(QMainWindow):
         self.test_button.setEnabled(self.state.link is Link.ONLINE and not report.testing
                                     and not self.state.read_only)
         self.test_button.setText("Testing…" if report.testing else "Test &now")
+
+    def _network_words(self, network: str) -> str:
+        """The network the laptop is on, as the helper names it when it does (its router and
+        Wi-Fi, the same words as the list below); else as this app sees the default route."""
+        status = self.state.status
+        if network == self.state.network_identity() and status is not None \
+                and status.network_label:
+            return status.network_label
+        return network
 
     def refresh_networks(self) -> None:
         """The networks box: its note (why the list is empty or old, who may forget) and its

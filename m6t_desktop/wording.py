@@ -129,8 +129,8 @@ OPEN_LOGIN_PAGE = "Open the login page"
 
 def portal_advice(url: str) -> str:
     return (f"It sends web pages to its login page, {url}, and lets nothing else through until "
-            "you log in or accept its terms there. The tunnel connects by itself once you are "
-            "through (the helper looks every 5 seconds).")
+            "you log in or accept its terms there. The tunnel connects by itself a few seconds "
+            "after you are through.")
 
 
 
@@ -196,6 +196,18 @@ def ago_text(seconds: float) -> str:
         return f"{minutes} min ago"
     if minutes < 48 * 60:
         return f"{minutes // 60} h {minutes % 60} min ago"
+    return f"{minutes // (24 * 60)} days ago"
+
+
+def age_text(seconds: float) -> str:
+    """How long ago, in round units for a list ("5 min ago", "26 h ago", "4 days ago")."""
+    minutes = max(0, int(seconds) // 60)
+    if minutes < 1:
+        return "just now"
+    if minutes < 60:
+        return f"{minutes} min ago"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} h ago"
     return f"{minutes // (24 * 60)} days ago"
 
 

@@ -491,7 +491,7 @@ def test_known_networks_model_renders_each_record(app_state: AppState) -> None:
             for r in range(model.rowCount())]
     assert rows == [
         ["router 192.168.1.1, on wlan0", "office", "UDP 4500", "1372", "pass", "now, in use"],
-        ["router 10.0.0.1, on eth0", "home", "UDP 53", "1472", "not tested", "2 h 5 min ago"]]
+        ["router 10.0.0.1, on eth0", "home", "UDP 53", "1472", "not tested", "2 h ago"]]
     assert model.headerData(4, Qt.Orientation.Horizontal) == "IPv4 fragments"
     assert model.data(model.index(1, 0), Qt.ItemDataRole.UserRole) == "5f0c8e11aa2299cc"
     assert model.data(model.index(1, 0), Qt.ItemDataRole.FontRole) is None
@@ -511,3 +511,18 @@ def test_a_failed_networks_call_keeps_the_list_and_is_logged_once(
     app_state.set_known_networks(NetworksResult(networks=[], saved=False))
     assert app_state.networks.problem is None and not app_state.networks.saved
     assert "cannot write its memory of networks" in app_state.events.entries[-1].text
+
+
+def test_the_graph_goes_to_nothing_when_the_tunnel_stops_carrying(
+        qtbot: QtBot, app_state: AppState) -> None:
+    # Traffic events come only while connected: without this the legend would go on showing
+    # the last rates behind a portal.
+    app_state.apply_event(state_event(status()))
+    app_state.apply_event(TrafficEvent(tunnel="m6t0", profile="office", rx_bytes=1, tx_bytes=1,
+                                       rx_packets=1, tx_packets=1, rx_rate=219_000.0,
+                                       tx_rate=75_000.0))
+    with qtbot.waitSignal(app_state.trafficAdded):
+        app_state.apply_event(state_event(portal()))
+    assert app_state.history().samples[-1] == (1_000.0, 0.0, 0.0)
+    app_state.apply_event(state_event(portal()))  # still waiting: nothing more
+    assert len(app_state.history().samples) == 2

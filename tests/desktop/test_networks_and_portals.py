@@ -321,3 +321,11 @@ def test_a_malformed_networks_answer_does_not_break_the_app(
     qtbot.waitUntil(lambda: app.state.networks.problem is None)
     assert window.networks_note.isHidden()
     menu_action(app, "Disconnect office")  # the rest of the app goes on
+
+
+def test_the_card_names_the_network_as_the_helper_does(
+        qtbot: QtBot, helper: FakeHelper, make_app: AppFactory) -> None:
+    helper.tunnels["office"] = {**status_for(OFFICE), "network_label": CAFE}
+    app = online(qtbot, make_app())
+    window = report_tab(app)
+    assert f"Network <b>{CAFE}</b> · profile <b>office</b>" in window.report_title.text()
