@@ -10,6 +10,14 @@ The UDP socket is connected to the gateway's address and port: the kernel delive
 gateway's datagrams (nothing else ever reaches us) and sends without a route lookup per
 packet. The address and socket can be swapped while running (a new address after a network
 change): `retarget()` replaces them in one assignment, which the thread picks up at once.
+
+Offloads (m6t.linux.offload), each where the kernel has it, else the plain path: runs of
+same-size packets leave in one UDP GSO send; one UDP GRO receive brings a run of datagrams;
+the datagrams for the TUN device, each checked alone, are written as super-packets of a flow
+(m6t.protocol.gso.Coalescer, with the complete TCP checksum so that the stack still verifies
+every byte); with `tun_tso`, super-packets read from the device are cut into packets of the
+tunnel MTU first. Whatever is coalesced is written at the latest when the queue is empty, and
+the first read of a batch goes out at once: a ping never waits for bulk traffic.
 """
 
 from __future__ import annotations
@@ -25,11 +33,36 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from m6t.linux.tun import PacketDevice
+from m6t.control.schema import DatapathStatus
+from m6t.linux.offload import (
+    GRO_CONTROL_SPACE,
+    MAX_DATAGRAM,
+    NOT_WANTED,
+    TUN_COALESCE_TCP,
+    TUN_COALESCE_UDP,
+    UDP_GSO,
+    OffloadConfigError,
+    OffloadReport,
+    enable_udp_gro,
+    gro_segment_size,
+    split_gro,
+    wanted_features,
+)
+from m6t.linux.tun import READ_SIZE, PacketDevice
 from m6t.linux.udp import UdpGso, read_icmp_errors
 from m6t.protocol.client import Inbound, check_from_tun, classify_from_gateway
 from m6t.protocol.constants import IPV6_HEADER_LENGTH, NEXT_HEADER_NONE
 from m6t.protocol.drops import DropReason
+from m6t.protocol.gso import (
+    GSO_TCPV6,
+    PLAIN_HEADER,
+    VNET_HEADER_LENGTH,
+    Coalescer,
+    SegmentError,
+    VirtioNetHeader,
+    Write,
+    segment,
+)
 
 log = logging.getLogger("m6t.helper")
 
@@ -50,7 +83,8 @@ ControlHandler = Callable[[Inbound, bytes], None]
 
 
 class Pump:
-    def __init__(self, tun: PacketDevice, target: Target, on_control: ControlHandler) -> None:
+    def __init__(self, tun: PacketDevice, target: Target, on_control: ControlHandler,
+                 offloads: frozenset[str] | None = None) -> None:
         self.tun = tun
         self.target = target
         self.on_control = on_control  # called in a pump thread: must be thread-safe
@@ -60,9 +94,26 @@ class Pump:
         self.rx_packets = self.rx_bytes = 0
         self.tx_drops: Counter[str] = Counter()
         self.rx_drops: Counter[str] = Counter()
+        self.coalesced = 0  # packets written to the TUN inside super-packets
+        self.segmented = 0  # packets cut from super-packets read from the TUN
         self.last_sent = self.last_received = time.monotonic()
         self._threads: list[threading.Thread] = []
-        self._gso = UdpGso()  # made for each new socket in _tun_batch
+        if offloads is None:
+            try:
+                offloads = wanted_features()
+            except OffloadConfigError as exc:  # a debugging knob must not break the tunnel
+                log.error("%s; using the default offloads", exc)
+                offloads = wanted_features({})
+        self.wanted = offloads
+        # What is in use and why not the rest: the TUN device's, then each socket's.
+        self.offload = OffloadReport()
+        self.offload.merge(tun.report)
+        self._vnet_header = tun.offloads.vnet_header
+        self._coalescer = (Coalescer(tcp=tun.offloads.coalesce_tcp,
+                                     udp=tun.offloads.coalesce_udp, local_delivery=True)
+                           if self._vnet_header else None)
+        self._gro = False  # UDP GRO on the current socket
+        self._gso = UdpGso(enabled=False)  # made for each new socket in _tun_batch
 
     def start(self) -> None:
         self.running = True
@@ -79,6 +130,7 @@ class Pump:
             target = self.target
             if target.sock is not sock:
                 sock = target.sock
+                self._gro = enable_udp_gro(sock, self.wanted, self.offload, "the tunnel socket")
                 poller = select.poll()
                 poller.register(tun_fd, select.POLLIN)
                 poller.register(sock.fileno(), select.POLLIN | select.POLLERR)
@@ -99,6 +151,12 @@ class Pump:
     def retarget(self, target: Target) -> None:
         self.target = target
 
+    def datapath(self) -> DatapathStatus:
+        """What the status shows of this data path: offloads in use and why not the rest."""
+        on, off = self.offload.snapshot()
+        return DatapathStatus(offloads=on, off=off, coalesced_packets=self.coalesced,
+                              segmented_packets=self.segmented)
+
     def drops(self) -> dict[str, int]:
         merged = Counter(dict(self.tx_drops))
         merged.update(dict(self.rx_drops))
@@ -113,11 +171,17 @@ class Pump:
     def _tun_batch(self, target: Target) -> None:
         read = os.read
         tun_fd = self.tun.fileno()
+        vnet_header = self._vnet_header
         drops = self.tx_drops
         address, sock = target.address, target.sock
         if sock is not self._gso.sock:
             # A new path: what the old one could not do (GSO, a segment size) may work.
-            self._gso = UdpGso(sock, self._send_failed)
+            self._gso = UdpGso(sock, self._send_failed, enabled=UDP_GSO in self.wanted,
+                               on_disabled=lambda why: self.offload.disabled(UDP_GSO, why))
+            if self._gso.enabled:
+                self.offload.enabled(UDP_GSO)
+            else:
+                self.offload.disabled(UDP_GSO, NOT_WANTED)
         gso = self._gso
         # The first packet of a batch leaves at once, so that a lone packet (a ping, an ACK, an
         # IKE message) does not wait for the read that finds the queue empty; the others leave
@@ -126,17 +190,24 @@ class Pump:
         packets = octets = 0
         for _ in range(BATCH):
             try:
-                packet = read(tun_fd, 65536)
+                raw = read(tun_fd, READ_SIZE)
             except BlockingIOError:
                 break
-            if packet.startswith(address, 8) and len(packet) >= IPV6_HEADER_LENGTH:
-                if later is None:
-                    packets, octets = gso.send([packet], None)
-                    later = []
-                else:
-                    later.append(packet)
+            if not vnet_header:
+                batch: tuple[bytes, ...] | list[bytes] = (raw,)
+            elif raw[0] or raw[1]:
+                batch = self._segment(raw)
             else:
-                drops[check_from_tun(packet, address) or DropReason.SRC_NOT_OURS] += 1
+                batch = (raw[VNET_HEADER_LENGTH:],)
+            for packet in batch:
+                if packet.startswith(address, 8) and len(packet) >= IPV6_HEADER_LENGTH:
+                    if later is None:
+                        packets, octets = gso.send([packet], None)
+                        later = []
+                    else:
+                        later.append(packet)
+                else:
+                    drops[check_from_tun(packet, address) or DropReason.SRC_NOT_OURS] += 1
         if later:
             sent, sent_octets = gso.send(later, None)
             packets += sent
@@ -146,6 +217,19 @@ class Pump:
             self.tx_bytes += octets
             self.last_sent = time.monotonic()
 
+    def _segment(self, raw: bytes) -> list[bytes]:
+        """A read that is a super-packet (TSO/USO), or a packet whose checksum the kernel left
+        to us: the packets for the wire, none larger than the tunnel MTU."""
+        header = VirtioNetHeader.unpack(raw)
+        try:
+            packets = segment(header, raw[VNET_HEADER_LENGTH:], self.tun.mtu)
+        except SegmentError as exc:
+            self.tx_drops[exc.reason] += 1
+            return []
+        if header.gso_type:
+            self.segmented += len(packets)
+        return packets
+
     def _send_failed(self, exc: OSError, lost: int) -> None:
         self.tx_drops[_send_error(exc)] += lost
 
@@ -153,11 +237,20 @@ class Pump:
         write = os.write
         tun_fd = self.tun.fileno()
         drops = self.rx_drops
-        address, recv = target.address, sock.recv
+        address, recv, recvmsg = target.address, sock.recv, sock.recvmsg
+        gro = self._gro
+        coalescer = self._coalescer
         packets = octets = 0
-        for _ in range(BATCH):
+        budget = BATCH
+        first = True
+        while budget > 0:
             try:
-                data = recv(65535)
+                if gro:
+                    data, ancillary, _, _ = recvmsg(MAX_DATAGRAM, GRO_CONTROL_SPACE)
+                    size = gro_segment_size(ancillary) if ancillary else 0
+                    datagrams = split_gro(data, size) if size else (data,)
+                else:
+                    datagrams = (recv(MAX_DATAGRAM),)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -165,31 +258,80 @@ class Pump:
                     break
                 read_icmp_errors(sock)
                 drops["icmp_error"] += 1
+                budget -= 1
                 continue
-            if (data.startswith(address, 24) and len(data) >= IPV6_HEADER_LENGTH
-                    and data[0] >> 4 == 6 and (data[4] << 8 | data[5]) + 40 == len(data)
-                    and data[6] != NEXT_HEADER_NONE
-                    and not (data[6] == 58 and data.startswith(b"\x81", 40))):
-                kind: Inbound | DropReason = Inbound.TO_TUN
-            else:
-                kind = classify_from_gateway(data, address)
-            if kind is Inbound.TO_TUN:
-                try:
-                    write(tun_fd, data)
-                except OSError:
-                    drops["tun_write_failed"] += 1
-                    continue
-                packets += 1
-                octets += len(data)
-            elif isinstance(kind, Inbound):
-                self.last_received = time.monotonic()
-                self.on_control(kind, data)
-            else:
-                drops[kind] += 1
+            budget -= len(datagrams)
+            for data in datagrams:
+                if (data.startswith(address, 24) and len(data) >= IPV6_HEADER_LENGTH
+                        and data[0] >> 4 == 6 and (data[4] << 8 | data[5]) + 40 == len(data)
+                        and data[6] != NEXT_HEADER_NONE
+                        and not (data[6] == 58 and data.startswith(b"\x81", 40))):
+                    kind: Inbound | DropReason = Inbound.TO_TUN
+                else:
+                    kind = classify_from_gateway(data, address)
+                if kind is Inbound.TO_TUN:
+                    if coalescer is not None:
+                        coalescer.add(data)
+                    else:
+                        try:
+                            write(tun_fd, data)
+                        except OSError:
+                            drops["tun_write_failed"] += 1
+                            continue
+                    packets += 1
+                    octets += len(data)
+                elif isinstance(kind, Inbound):
+                    self.last_received = time.monotonic()
+                    self.on_control(kind, data)
+                else:
+                    drops[kind] += 1
+            if first and coalescer is not None:
+                # The first receive goes to the TUN at once; the rest once the queue is empty.
+                first = False
+                self._write_tun(coalescer.flush())
+        if coalescer is not None:
+            self._write_tun(coalescer.flush())
         if packets:
             self.rx_packets += packets
             self.rx_bytes += octets
             self.last_received = time.monotonic()
+
+    def _write_tun(self, writes: list[Write]) -> None:
+        writev = self.tun.writev
+        for write in writes:
+            try:
+                if writev(write):
+                    if write[0] is not PLAIN_HEADER:
+                        self.coalesced += len(write) - 3
+                elif write[0] is not PLAIN_HEADER:
+                    self._refused_super_packet(write)
+                else:
+                    self.rx_drops["tun_write_failed"] += 1
+            except OSError:
+                self.rx_drops["tun_write_failed"] += 1
+
+    def _refused_super_packet(self, write: Write) -> None:
+        """The kernel would not take a super-packet (EINVAL): its packets go one by one, and
+        that kind is not coalesced again on this device."""
+        header = VirtioNetHeader.unpack(write[0])
+        coalescer = self._coalescer
+        assert coalescer is not None
+        if header.gso_type == GSO_TCPV6:
+            coalescer.tcp = False
+            feature = TUN_COALESCE_TCP
+        else:
+            coalescer.udp = False
+            feature = TUN_COALESCE_UDP
+        self.offload.disabled(feature, "the TUN device refused a super-packet (EINVAL)",
+                              self.tun.name)
+        try:
+            packets = segment(header, b"".join(write[1:]), 65535)
+        except SegmentError as exc:
+            self.rx_drops[exc.reason] += 1
+            return
+        for packet in packets:
+            if not self.tun.writev((PLAIN_HEADER, packet)):
+                self.rx_drops["tun_write_failed"] += 1
 
 
 def _send_error(exc: OSError) -> str:

@@ -28,6 +28,20 @@ from m6t.gateway.config import ConfigError, GatewayConfig, load_config
 from m6t.gateway.metrics import GatewayCollector, Snapshot
 from m6t.linux import systemd
 from m6t.linux.netlink import ChangeLog, Netlink, write_sysctl
+from m6t.linux.offload import (
+    FEATURES,
+    GRO_CONTROL_SPACE,
+    MAX_DATAGRAM,
+    NOT_WANTED,
+    TUN_COALESCE_TCP,
+    TUN_COALESCE_UDP,
+    UDP_GSO,
+    OffloadReport,
+    enable_udp_gro,
+    gro_segment_size,
+    split_gro,
+    wanted_features,
+)
 from m6t.linux.tun import PacketDevice, TunDevice
 from m6t.linux.udp import (
     EARLIER_DATAGRAM_ERRORS,
@@ -39,11 +53,23 @@ from m6t.linux.udp import (
     send_datagram,
 )
 from m6t.protocol.gateway import FORWARD, Gateway, Reply, pack_peer, unpack_peer
+from m6t.protocol.gso import (
+    GSO_TCPV6,
+    PLAIN_HEADER,
+    SEGMENT_ERRORS,
+    VNET_HEADER_LENGTH,
+    Coalescer,
+    SegmentError,
+    VirtioNetHeader,
+    Write,
+    segment,
+)
 from m6t.protocol.packets import check_ipv6
 
 log = logging.getLogger("m6t.gateway")
 
 BATCH = 256  # packets drained per readable descriptor before looking at the others
+DIRECTIONS = ("to_home", "from_home")  # of super-packets: written to, read from the TUN
 MAX_PEER_CACHE = 65_536
 _FORWARDING = "net/ipv6/conf/all/forwarding"
 
@@ -101,7 +127,17 @@ class GatewayDaemon:
         self.mtu_lowered = 0
         self.reloads = 0
         self.send_failures = {errno.errorcode[code]: 0 for code in sorted(SEND_FAILURES)}
-        self._gso = UdpGso(on_error=self._send_failed)
+        # Offloads (m6t.linux.offload): what is tried comes from M6T_OFFLOADS; what is in use,
+        # and why the rest is not, from the TUN device and each listener.
+        self._wanted = wanted_features()
+        self.offload = OffloadReport()
+        self.super_packets = dict.fromkeys(DIRECTIONS, 0)
+        self.super_packet_segments = dict.fromkeys(DIRECTIONS, 0)
+        self.offload_drops = dict.fromkeys(SEGMENT_ERRORS, 0)
+        self._gro: list[bool] = []  # per listener: UDP GRO on
+        self._coalescer: Coalescer | None = None
+        self._gso = UdpGso(on_error=self._send_failed, enabled=UDP_GSO in self._wanted,
+                           on_disabled=lambda why: self.offload.disabled(UDP_GSO, why))
         self._stop = False
         self._reload = False
         self._wake_write: socket.socket | None = None
@@ -127,6 +163,7 @@ class GatewayDaemon:
         # route to a stale device name can): the TUN name must be ours.
         self.tun = io.open_tun(config.tun, config.policy.mtu)
         self.changes.record(f"delete {config.tun}", self.tun.close)
+        self._use_tun_offloads()
         prefix = str(config.policy.client_prefix)
         self.routing.add_route(prefix, self.tun.name)
         self.changes.record(f"route {prefix}",
@@ -148,6 +185,21 @@ class GatewayDaemon:
                  self.tun.name, config.policy.mtu, prefix,
                  ", ".join(sorted(str(a) for a in config.policy.home_agents)),
                  ", ".join(f"{h}:{p}" for h, p in config.listen))
+        on, off = self.offload.snapshot()
+        log.info("offloads in use: %s%s", ", ".join(on) or "none",
+                 "".join(f"; {feature} off: {why}" for feature, why in off.items()))
+
+    def _use_tun_offloads(self) -> None:
+        """Coalesce into the TUN device what it takes (per device: a fake or an old kernel
+        takes none), and note the rest."""
+        self.offload.merge(self.tun.report)
+        if self._gso.enabled:
+            self.offload.enabled(UDP_GSO)
+        else:
+            self.offload.disabled(UDP_GSO, NOT_WANTED)
+        offloads = self.tun.offloads
+        if offloads.vnet_header:
+            self._coalescer = Coalescer(tcp=offloads.coalesce_tcp, udp=offloads.coalesce_udp)
 
     def _open_listeners(self, endpoints: tuple[tuple[str, int], ...]) -> None:
         for endpoint in endpoints:
@@ -158,6 +210,8 @@ class GatewayDaemon:
                                          f"{exc.strerror}") from None
             self.listeners.append(sock)
             self._peers.append({})
+            self._gro.append(enable_udp_gro(sock, self._wanted, self.offload,
+                                            f"{endpoint[0]}:{endpoint[1]}"))
         self.changes.record("close listeners", self._close_listeners)
 
     def _close_listeners(self) -> None:
@@ -166,6 +220,7 @@ class GatewayDaemon:
                 sock.close()
         self.listeners = []
         self._peers = []
+        self._gro = []
 
     def _close_wake_up(self) -> None:
         wake_write, self._wake_write = self._wake_write, None
@@ -222,6 +277,8 @@ class GatewayDaemon:
                 listen.append(endpoint)
                 self.listeners.append(sock)
                 self._peers.append({})
+                self._gro.append(enable_udp_gro(sock, self._wanted, self.offload,
+                                                f"{endpoint[0]}:{endpoint[1]}"))
                 self._register(len(self.listeners) - 1, sock)
         self.gateway.apply_policy(new.policy)
         self.config = GatewayConfig(tuple(listen), self.config.tun, self.config.metrics_listen,
@@ -328,7 +385,12 @@ class GatewayDaemon:
         sock = self.listeners[index]
         assert sock is not None
         receive = self.gateway.receive_from_client
-        recvfrom, tun_write = sock.recvfrom, self.tun.write
+        recvfrom, recvmsg = sock.recvfrom, sock.recvmsg
+        gro = self._gro[index]
+        coalescer = self._coalescer
+        # Forwarded packets go into the TUN one by one, or through the coalescer, which makes
+        # super-packets of runs of one flow (each packet checked by the core first, alone).
+        deliver = self.tun.write if coalescer is None else coalescer.add
         peers = self._peers[index]
         # Within a batch, a packet from the sender of a packet the core forwarded, with the same
         # IPv6 source and destination, gets the same decision (Gateway.receive_from_client says
@@ -336,36 +398,89 @@ class GatewayDaemon:
         flow_sender: tuple[str, int] | None = None
         flow_key = b""
         packets = octets = 0
-        for _ in range(BATCH):
+        budget = BATCH
+        first = True
+        while budget > 0:
             try:
-                data, address = recvfrom(65535)
+                if gro:
+                    # One receive may hold a run of datagrams from one sender, each its own
+                    # IPv6 packet: each is checked on its own below.
+                    data, ancillary, _, address = recvmsg(MAX_DATAGRAM, GRO_CONTROL_SPACE)
+                    size = gro_segment_size(ancillary) if ancillary else 0
+                    datagrams = split_gro(data, size) if size else (data,)
+                else:
+                    data, address = recvfrom(MAX_DATAGRAM)
+                    datagrams = (data,)
             except BlockingIOError:
                 break
             except OSError:
                 # With IP_RECVERR an ICMP error surfaces as a failed receive once; read it.
                 self._icmp_errors(index)
+                budget -= 1
                 continue
-            if address == flow_sender and data.startswith(flow_key, 8) and \
-                    check_ipv6(data) is None:
-                decision: object = FORWARD
-            else:
-                peer = peers.get(address)
-                if peer is None:
-                    peer = self._peer(address, index)
-                decision = receive(data, peer, now)
+            budget -= len(datagrams)
+            for data in datagrams:
+                if address == flow_sender and data.startswith(flow_key, 8) and \
+                        check_ipv6(data) is None:
+                    decision: object = FORWARD
+                else:
+                    peer = peers.get(address)
+                    if peer is None:
+                        peer = self._peer(address, index)
+                    decision = receive(data, peer, now)
+                    if decision is FORWARD:
+                        flow_sender, flow_key = address, data[8:40]
                 if decision is FORWARD:
-                    flow_sender, flow_key = address, data[8:40]
-            if decision is FORWARD:
-                tun_write(data)
-                packets += 1
-                octets += len(data)
-            elif type(decision) is Reply:
-                try:
-                    send_datagram(sock, decision.packet, address)
-                except OSError as exc:
-                    self._send_failed(exc, 1)
+                    deliver(data)
+                    packets += 1
+                    octets += len(data)
+                elif type(decision) is Reply:
+                    try:
+                        send_datagram(sock, decision.packet, address)
+                    except OSError as exc:
+                        self._send_failed(exc, 1)
+            if first and coalescer is not None:
+                # The first receive goes home at once (a ping, an ACK); the rest waits for the
+                # queue to be empty, to be coalesced as much as it can.
+                first = False
+                self._write_home(coalescer.flush())
+        if coalescer is not None:
+            self._write_home(coalescer.flush())
         self.packets["from_client"] += packets
         self.octets["from_client"] += octets
+
+    def _write_home(self, writes: list[Write]) -> None:
+        writev = self.tun.writev
+        for write in writes:
+            if write[0] is PLAIN_HEADER:
+                writev(write)
+                continue
+            self.super_packets["to_home"] += 1
+            self.super_packet_segments["to_home"] += len(write) - 3
+            if not writev(write):
+                self._refused_super_packet(write)
+
+    def _refused_super_packet(self, write: Write) -> None:
+        """The kernel would not take a super-packet (EINVAL): its packets go one by one, and
+        that kind is not coalesced again on this device."""
+        header = VirtioNetHeader.unpack(write[0])
+        packet = b"".join(write[1:])
+        coalescer = self._coalescer
+        assert coalescer is not None
+        tcp = header.gso_type == GSO_TCPV6
+        if tcp:
+            coalescer.tcp = False
+        else:
+            coalescer.udp = False
+        self.offload.disabled(TUN_COALESCE_TCP if tcp else TUN_COALESCE_UDP,
+                              "the TUN device refused a super-packet (EINVAL)", self.tun.name)
+        try:
+            segments = segment(header, packet, 65535)
+        except SegmentError as exc:
+            self.offload_drops[exc.reason] += 1
+            return
+        for one in segments:
+            self.tun.write(one)
 
     def _send_failed(self, exc: OSError, lost: int) -> None:
         if exc.errno not in SEND_FAILURES:
@@ -385,6 +500,7 @@ class GatewayDaemon:
     def _from_home(self, now: float) -> None:
         receive, client_mtu = self.gateway.receive_from_home, self.gateway.client_mtu
         read, tun_write = self.tun.read, self.tun.write
+        vnet_header = self.tun.offloads.vnet_header
         send = self._gso.send
         listeners = self.listeners
         ntoa, unpack = socket.inet_ntoa, unpack_peer
@@ -401,42 +517,64 @@ class GatewayDaemon:
         later: list[bytes] | None = None  # None until the first packet has left
         packets = octets = 0
         for _ in range(BATCH):
-            packet = read()
-            if packet is None:
+            raw = read()
+            if raw is None:
                 break
-            if len(packet) <= flow_limit and packet.startswith(flow_dst, 24) and \
-                    check_ipv6(packet) is None:
-                decision: object = flow_peer
+            if not vnet_header:
+                batch: tuple[bytes, ...] | list[bytes] = (raw,)
+            elif raw[0] or raw[1]:
+                batch = self._segment_from_home(raw)
             else:
-                decision = receive(packet, now)
-                if type(decision) is int:
-                    flow_peer, flow_dst, flow_limit = decision, packet[24:40], client_mtu(decision)
-            if type(decision) is int:
-                if decision != last_peer:
-                    if later and sock is not None:
-                        sent, sent_octets = send(later, target, sock)
-                        packets += sent
-                        octets += sent_octets
-                        later = []
-                    last_peer = decision
-                    ipv4, port, index = unpack(decision)
-                    target = (ntoa(ipv4), port)
-                    sock = listeners[index]
-                if sock is None:
-                    continue  # its listener was removed by a reload; the state will age out
-                if later is None:
-                    packets, octets = send([packet], target, sock)
-                    later = []
+                batch = (raw[VNET_HEADER_LENGTH:],)
+            for packet in batch:
+                if len(packet) <= flow_limit and packet.startswith(flow_dst, 24) and \
+                        check_ipv6(packet) is None:
+                    decision: object = flow_peer
                 else:
-                    later.append(packet)
-            elif type(decision) is Reply:
-                tun_write(decision.packet)
+                    decision = receive(packet, now)
+                    if type(decision) is int:
+                        flow_peer, flow_dst = decision, packet[24:40]
+                        flow_limit = client_mtu(decision)
+                if type(decision) is int:
+                    if decision != last_peer:
+                        if later and sock is not None:
+                            sent, sent_octets = send(later, target, sock)
+                            packets += sent
+                            octets += sent_octets
+                            later = []
+                        last_peer = decision
+                        ipv4, port, index = unpack(decision)
+                        target = (ntoa(ipv4), port)
+                        sock = listeners[index]
+                    if sock is None:
+                        continue  # its listener was removed by a reload; the state will age out
+                    if later is None:
+                        packets, octets = send([packet], target, sock)
+                        later = []
+                    else:
+                        later.append(packet)
+                elif type(decision) is Reply:
+                    tun_write(decision.packet)
         if later and sock is not None:
             sent, sent_octets = send(later, target, sock)
             packets += sent
             octets += sent_octets
         self.packets["to_client"] += packets
         self.octets["to_client"] += octets
+
+    def _segment_from_home(self, raw: bytes) -> list[bytes]:
+        """The packets of a read that is a super-packet (TSO/USO) or needs its checksum: each
+        then goes through the core like any other packet."""
+        header = VirtioNetHeader.unpack(raw)
+        try:
+            packets = segment(header, raw[VNET_HEADER_LENGTH:], self.config.policy.mtu)
+        except SegmentError as exc:
+            self.offload_drops[exc.reason] += 1
+            return []
+        if header.gso_type:
+            self.super_packets["from_home"] += 1
+            self.super_packet_segments["from_home"] += len(packets)
+        return packets
 
     def _icmp_errors(self, index: int) -> None:
         """Drain the error queue (port unreachable and the like): nothing to learn from them
@@ -472,7 +610,15 @@ class GatewayDaemon:
             packets=dict(self.packets), bytes=dict(self.octets),
             drops={reason.value: count for reason, count in self.gateway.drops.items()},
             client_mtu_lowered=self.mtu_lowered, reloads=self.reloads,
-            send_failures=dict(self.send_failures))
+            send_failures=dict(self.send_failures), offloads=self._offload_states(),
+            offload_fallbacks=self.offload.snapshot()[1],
+            super_packets=dict(self.super_packets),
+            super_packet_segments=dict(self.super_packet_segments),
+            offload_drops=dict(self.offload_drops))
+
+    def _offload_states(self) -> dict[str, int]:
+        on, _ = self.offload.snapshot()
+        return {feature: int(feature in on) for feature in FEATURES}
 
 
 # A datagram to a client that cannot leave is lost like any packet a router cannot forward,

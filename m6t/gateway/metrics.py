@@ -25,6 +25,11 @@ class Snapshot:
     client_mtu_lowered: int = 0
     reloads: int = 0
     send_failures: dict[str, int] = field(default_factory=dict)  # errno name -> packets
+    offloads: dict[str, int] = field(default_factory=dict)  # feature -> 1 in use, 0 not
+    offload_fallbacks: dict[str, str] = field(default_factory=dict)  # feature -> why not
+    super_packets: dict[str, int] = field(default_factory=dict)  # direction -> count
+    super_packet_segments: dict[str, int] = field(default_factory=dict)  # direction -> packets
+    offload_drops: dict[str, int] = field(default_factory=dict)  # segmenter's reason -> count
 
 
 class GatewayCollector(Collector):
@@ -50,6 +55,8 @@ class GatewayCollector(Collector):
                                     labels=["reason"])
         for reason in DropReason:
             drops.add_metric([reason.value], snap.drops.get(reason.value, 0))
+        for name, count in snap.offload_drops.items():  # super-packets that cannot be cut
+            drops.add_metric([name], count)
         yield drops
         yield CounterMetricFamily("m6t_gateway_rate_limit_hits",
                                   "New states refused by the per-IPv4 rate limit",
@@ -65,3 +72,28 @@ class GatewayCollector(Collector):
         for error, count in snap.send_failures.items():
             failures.add_metric([error], count)
         yield failures
+        offloads = GaugeMetricFamily("m6t_gateway_offload",
+                                     "Offloads in use (1) or not (0), by feature",
+                                     labels=["feature"])
+        for feature, on in snap.offloads.items():
+            offloads.add_metric([feature], on)
+        yield offloads
+        fallbacks = GaugeMetricFamily(
+            "m6t_gateway_offload_off",
+            "Offloads not in use and why: turned off, or refused by the kernel (the plain path "
+            "is used instead)", labels=["feature", "reason"])
+        for feature, why in snap.offload_fallbacks.items():
+            fallbacks.add_metric([feature, why], 1)
+        yield fallbacks
+        supers = CounterMetricFamily(
+            "m6t_gateway_super_packets",
+            "GSO super-packets written to (to_home) or read from (from_home) the TUN device",
+            labels=["direction"])
+        segments = CounterMetricFamily("m6t_gateway_super_packet_segments",
+                                       "Packets carried in those super-packets",
+                                       labels=["direction"])
+        for direction in ("to_home", "from_home"):
+            supers.add_metric([direction], snap.super_packets.get(direction, 0))
+            segments.add_metric([direction], snap.super_packet_segments.get(direction, 0))
+        yield supers
+        yield segments

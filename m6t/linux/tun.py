@@ -1,24 +1,47 @@
-"""TUN devices (python-pytun), read and written as plain non-blocking file descriptors."""
+"""TUN devices (python-pytun), read and written as plain non-blocking file descriptors, with
+the offloads of m6t.linux.offload when the kernel has them."""
 
 from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Sequence
 from typing import Protocol
 
 import pytun
 
+from m6t.linux.offload import (
+    NOT_WANTED,
+    PLAIN_TUN,
+    TUN_FEATURES,
+    OffloadReport,
+    TunOffloads,
+    negotiate_tun,
+    wanted_features,
+)
+from m6t.protocol.gso import PLAIN_HEADER
+
+# A read: the largest super-packet (64 KiB of IPv6 payload, plus its header) and the
+# virtio-net header in front.
+READ_SIZE = 65_536 + 40 + 10 + 64
+
 
 class PacketDevice(Protocol):
     """What a daemon needs from a TUN device. Tests substitute m6t.linux.tuntest.ChannelTun,
-    whose descriptor reads and writes packet by packet like this one's."""
+    whose descriptor reads and writes packet by packet like this one's.
+
+    With `offloads.vnet_header`, what `read` returns and what `writev` is given start with a
+    virtio-net header (m6t.protocol.gso); `write` always takes a plain IPv6 packet."""
 
     name: str
     mtu: int
+    offloads: TunOffloads
+    report: OffloadReport
 
     def fileno(self) -> int: ...
     def read(self) -> bytes | None: ...
     def write(self, packet: bytes) -> None: ...
+    def writev(self, buffers: Sequence[bytes]) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -26,24 +49,58 @@ class TunError(OSError):
     pass
 
 
+# Errors that lose one write, as a router loses a packet: EINVAL, not a packet the kernel
+# accepts (it checks the IP header and the virtio-net header); ENOMEM or ENOBUFS, no memory
+# for it now; EIO, the device is going down.
+WRITE_DROPS = frozenset({errno.EINVAL, errno.EIO, errno.ENOMEM, errno.ENOBUFS})
+
+
 class TunDevice:
-    """An IFF_TUN | IFF_NO_PI device: each read is one IPv6 packet, no header in front.
+    """An IFF_TUN | IFF_NO_PI device: each read is one IPv6 packet, no header in front (or,
+    with offloads, a virtio-net header and then a packet or super-packet).
 
     os.read/os.write on the descriptor instead of pytun's read/write: they raise the usual
     BlockingIOError (pytun raises its own Error with errno 11) and cost less per packet.
+
+    `offloads` names the features to try (default: from the environment, see
+    m6t.linux.offload); `report` says what the device ended up with, and why not the rest.
     """
 
-    def __init__(self, name: str, mtu: int, up: bool = True) -> None:
+    def __init__(self, name: str, mtu: int, up: bool = True,
+                 offloads: frozenset[str] | None = None) -> None:
+        wanted = wanted_features() if offloads is None else offloads
+        self.report = OffloadReport()
+        flags = pytun.IFF_TUN | pytun.IFF_NO_PI
+        device = None
+        if any(feature in wanted for feature in TUN_FEATURES):
+            try:
+                device = pytun.TunTapDevice(name=name, flags=flags | pytun.IFF_VNET_HDR)
+            except pytun.Error as exc:
+                for feature in TUN_FEATURES:
+                    self.report.disabled(feature, f"IFF_VNET_HDR refused: {exc}", name)
+        else:
+            for feature in TUN_FEATURES:
+                self.report.disabled(feature, NOT_WANTED)
+        vnet_header = device is not None
+        if device is None:
+            try:
+                device = pytun.TunTapDevice(name=name, flags=flags)
+            except pytun.Error as exc:
+                raise TunError(errno.EPERM, f"cannot create TUN device {name}: {exc}") from None
+        self._device = device
+        self.name: str = device.name
+        self._fd: int = device.fileno()
+        self.offloads: TunOffloads = PLAIN_TUN
         try:
-            self._device = pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
-        except pytun.Error as exc:
-            raise TunError(errno.EPERM, f"cannot create TUN device {name}: {exc}") from None
-        self.name: str = self._device.name
-        self._fd: int = self._device.fileno()
-        os.set_blocking(self._fd, False)
-        self._device.mtu = mtu
-        if up:
-            self._device.up()
+            if vnet_header:
+                self.offloads = negotiate_tun(self._fd, wanted, self.report)
+            os.set_blocking(self._fd, False)
+            device.mtu = mtu
+            if up:
+                device.up()
+        except BaseException:
+            device.close()
+            raise
 
     def up(self) -> None:
         self._device.up()
@@ -60,22 +117,39 @@ class TunDevice:
         self._device.mtu = value
 
     def read(self) -> bytes | None:
-        """One packet, or None when the queue is empty."""
+        """What the device has next (see PacketDevice), or None when the queue is empty."""
         try:
-            return os.read(self._fd, 65536)
+            return os.read(self._fd, READ_SIZE)
         except BlockingIOError:
             return None
 
     def write(self, packet: bytes) -> None:
+        """One plain IPv6 packet."""
+        if self.offloads.vnet_header:
+            self.writev((PLAIN_HEADER, packet))
+            return
         try:
             os.write(self._fd, packet)
         except BlockingIOError:
             pass  # the kernel's queue is full: a drop, as a router would do
         except OSError as exc:
-            # EINVAL: not a packet the kernel accepts (it checks the IP header); ENOMEM or
-            # ENOBUFS: no memory for it now. Drop it, as a router would.
-            if exc.errno not in (errno.EINVAL, errno.EIO, errno.ENOMEM, errno.ENOBUFS):
+            if exc.errno not in WRITE_DROPS:
                 raise
+
+    def writev(self, buffers: Sequence[bytes]) -> bool:
+        """One write made of `buffers` (a virtio-net header first, with offloads). A write the
+        device cannot take now is lost, as a router loses a packet. Returns False if the kernel
+        refused it as invalid (EINVAL: a bad packet, or a super-packet it cannot take)."""
+        try:
+            os.writev(self._fd, buffers)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                return False
+            if exc.errno not in WRITE_DROPS:
+                raise
+        return True
 
     def close(self) -> None:
         self._device.close()

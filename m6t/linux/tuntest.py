@@ -6,10 +6,13 @@ loop (epoll, os.read/os.write, recvfrom/sendto/sendmsg) runs unchanged:
 
 - `ChannelTun`: a TUN device. The daemon's side reads and writes one packet per call; the test
   puts packets in with `inbound(packet)` (as if the kernel routed them into the device) and
-  takes out what the daemon wrote with `outbound(timeout)`.
+  takes out what the daemon wrote with `outbound(timeout)`. Given `offloads` (a virtio-net
+  header on every read and write, m6t.linux.offload.TunOffloads), `outbound_packets(timeout)`
+  cuts what the daemon wrote back into packets, as the kernel would.
 - `FakeNetwork`: an IPv4 "network" of UDP sockets (`open(bind, connect)`, the signature of
-  m6t.linux.udp.open_tunnel_socket) that deliver to each other by (address, port), with UDP GSO,
-  plus the raw ICMP listener (`icmp_listener()`, fed by `deliver_icmp(packet)`).
+  m6t.linux.udp.open_tunnel_socket) that deliver to each other by (address, port), with UDP GSO
+  and (`gro=True`) UDP GRO, plus the raw ICMP listener (`icmp_listener()`, fed by
+  `deliver_icmp(packet)`).
 - `FakeNetlink`: records routes and sysctls.
 
 Nothing here touches a real interface or sends to a real address: every descriptor is one end of
@@ -26,9 +29,12 @@ import socket
 import struct
 import sys
 import threading
+from collections.abc import Sequence
 from typing import Any
 
+from m6t.linux.offload import PLAIN_TUN, UDP_GRO_OPTION, OffloadReport, TunOffloads
 from m6t.linux.udp import GSO_MAX_SEGMENTS, SOL_UDP, UDP_SEGMENT
+from m6t.protocol.gso import PLAIN_HEADER, VNET_HEADER_LENGTH, VirtioNetHeader, segment
 
 # What the test side of a fake waits for at most before a full queue is an error rather than
 # a hang: the daemon under test stopped reading.
@@ -48,12 +54,20 @@ class ChannelTun:
     non-blocking, each read returns one whole packet and each write sends one, and poll/epoll
     see it readable while a packet waits. Unlike the kernel, it neither checks packets written to
     it nor enforces `mtu` on packets put in with `inbound`: a test decides what arrives.
+
+    With `offloads.vnet_header`, every read and write carries a virtio-net header, as on a
+    device opened with IFF_VNET_HDR: `inbound` puts a plain header in front of a packet
+    (`inbound_raw` takes header and packet as they are, a super-packet say), `outbound` returns
+    what the daemon wrote, header included, and `outbound_packets` the packets in it.
     """
 
-    def __init__(self, name: str = "m6tfake0", mtu: int = 1472, up: bool = True) -> None:
+    def __init__(self, name: str = "m6tfake0", mtu: int = 1472, up: bool = True,
+                 offloads: TunOffloads = PLAIN_TUN) -> None:
         self.name = name
         self.mtu = mtu
         self.is_up = up
+        self.offloads = offloads
+        self.report = OffloadReport()
         self._device, self._wire = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._device.setblocking(False)
         self._wire.settimeout(WIRE_TIMEOUT)
@@ -76,8 +90,15 @@ class ChannelTun:
 
     def write(self, packet: bytes) -> None:
         # A full queue drops the packet, as the kernel's TUN queue would.
+        if self.offloads.vnet_header:
+            packet = PLAIN_HEADER + packet
         with contextlib.suppress(BlockingIOError):
             os.write(self._fd, packet)
+
+    def writev(self, buffers: Sequence[bytes]) -> bool:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._fd, b"".join(buffers))
+        return True
 
     def close(self) -> None:
         self._device.close()
@@ -91,14 +112,26 @@ class ChannelTun:
 
     def inbound(self, packet: bytes) -> None:
         """Queue `packet` for the daemon to read, as if the kernel routed it into the device."""
-        self._wire.send(packet)
+        self._wire.send(PLAIN_HEADER + packet if self.offloads.vnet_header else packet)
+
+    def inbound_raw(self, data: bytes) -> None:
+        """Queue `data` as it is (with offloads: a virtio-net header and a packet)."""
+        self._wire.send(data)
 
     def outbound(self, timeout: float = 1.0) -> bytes | None:
         """The next packet the daemon wrote to the device, or None if none comes in `timeout`
         seconds."""
         if not select.select([self._wire], [], [], timeout)[0]:
             return None
-        return self._wire.recv(65536)
+        return self._wire.recv(1 << 17)
+
+    def outbound_packets(self, timeout: float = 1.0) -> list[bytes] | None:
+        """The packets in the next write of the daemon (a super-packet cut as the kernel would
+        cut it), or None if nothing comes in `timeout` seconds."""
+        data = self.outbound(timeout)
+        if data is None or not self.offloads.vnet_header:
+            return None if data is None else [data]
+        return segment(VirtioNetHeader.unpack(data), data[VNET_HEADER_LENGTH:], 65535)
 
 
 class FakeUdpSocket(socket.socket):
@@ -121,6 +154,7 @@ class FakeUdpSocket(socket.socket):
         self._network = network
         self._local = local
         self._peer: tuple[str, int] | None = None
+        self._gro = False
 
     # --- addresses ---
 
@@ -153,7 +187,40 @@ class FakeUdpSocket(socket.socket):
         if flags & socket.MSG_ERRQUEUE:
             raise BlockingIOError(errno.EAGAIN, "no ICMP errors on a fake network")
         data, sender = self.recvfrom(bufsize, flags)
-        return data, [], 0, sender
+        if not self._gro:
+            return data, [], 0, sender
+        # UDP GRO: the datagrams queued behind this one from the same sender and of its size
+        # (the last may be shorter) come in the same receive, at most 64 and 64 KiB.
+        size, glued = len(data), [data]
+        total = size
+        while len(glued) < GSO_MAX_SEGMENTS and len(glued[-1]) == size:
+            try:
+                framed = super().recv(bufsize + _ENDPOINT.size,
+                                      socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            host, port = _ENDPOINT.unpack_from(framed)
+            follower = framed[_ENDPOINT.size:]
+            if ((socket.inet_ntoa(host), port) != sender or not 0 < len(follower) <= size
+                    or total + len(follower) > min(bufsize, MAX_UDP_PAYLOAD)):
+                break
+            super().recv(bufsize + _ENDPOINT.size)  # take it
+            glued.append(follower)
+            total += len(follower)
+        if len(glued) == 1:
+            return data, [], 0, sender
+        return (b"".join(glued), [(SOL_UDP, UDP_GRO_OPTION, size.to_bytes(4, sys.byteorder))],
+                0, sender)
+
+    def setsockopt(self, level: int, option: int, value: Any, *rest: Any) -> None:
+        """UDP_GRO where the network has it (ENOPROTOOPT where not, as on Linux before 5.0);
+        other options go to the AF_UNIX socket underneath."""
+        if level == SOL_UDP and option == UDP_GRO_OPTION:
+            if not self._network.gro:
+                raise OSError(errno.ENOPROTOOPT, os.strerror(errno.ENOPROTOOPT))
+            self._gro = bool(value)
+            return
+        super().setsockopt(level, option, value, *rest)
 
     # --- sending ---
 
@@ -204,16 +271,20 @@ class FakeNetwork:
     sent to (address, port) goes to the socket bound there, or to one bound to 0.0.0.0 on that
     port; to nobody (or to a socket whose queue is full), it is lost and counted in `lost`, as a
     network would. A socket bound to 0.0.0.0 sends from `default_address`. With `gso=False`,
-    a UDP GSO send fails with EIO, as on a kernel without checksum offload for it.
+    a UDP GSO send fails with EIO, as on a kernel without checksum offload for it. With
+    `gro=True`, a socket may turn UDP_GRO on, and then receives a run of same-size datagrams
+    from one sender in one recvmsg, as Linux does; without, setsockopt(UDP_GRO) fails.
 
     `icmp_listener()` stands in for the raw ICMP socket of m6t.linux.udp's
     open_fragmentation_needed_listener; `deliver_icmp(packet)` gives each one `packet` (an IPv4
     header and its ICMP message, what a raw socket reads).
     """
 
-    def __init__(self, default_address: str = "192.0.2.1", gso: bool = True) -> None:
+    def __init__(self, default_address: str = "192.0.2.1", gso: bool = True,
+                 gro: bool = False) -> None:
         self.default_address = default_address
         self.gso = gso
+        self.gro = gro
         self.lost = 0
         self._bound: dict[tuple[str, int], FakeUdpSocket] = {}
         self._icmp: list[socket.socket] = []

@@ -230,10 +230,12 @@ class UdpGso:
     """
 
     def __init__(self, sock: socket.socket | None = None,
-                 on_error: SendErrorHandler | None = None) -> None:
+                 on_error: SendErrorHandler | None = None, enabled: bool = True,
+                 on_disabled: Callable[[str], None] | None = None) -> None:
         self.sock = sock
         self.on_error = on_error
-        self.enabled = True
+        self.enabled = enabled
+        self.on_disabled = on_disabled  # told why, once, when the kernel refuses GSO for good
         self.refused_size = 1 << 16  # the smallest segment size the kernel refused
 
     def send(self, datagrams: list[bytes], to: tuple[str, int] | None,
@@ -270,6 +272,10 @@ class UdpGso:
                     self.refused_size = size
                 elif exc.errno in (errno.EIO, errno.ENOPROTOOPT):
                     self.enabled = False
+                    if self.on_disabled is not None:
+                        name = errno.errorcode.get(exc.errno, str(exc.errno))
+                        self.on_disabled(f"sendmsg(UDP_SEGMENT) refused: {name}: "
+                                         f"{exc.strerror}")
                 else:
                     self._failed(exc, len(run))
                     return 0
