@@ -8,14 +8,18 @@ process of this file in one namespace, make the load:
 * clients (in mn, behind the NAT): `--clients` simulated clients, each its own UDP socket (its
   own port) and its own /80 (fd6d:6d74:1:5:<mn id>::/80) with 48 random bits. Four in five are
   busy (a UDP datagram to the home agent every `--interval` s, which answers it); one in five is
-  idle (one datagram, then only keepalives). After the ramp-up, clients vanish (socket closed,
+  idle (one datagram, then only keepalives, at most `keepalive` s apart with downward jitter as
+  the helper sends them; an idle client whose keepalive goes unanswered takes a new address, as
+  the helper's liveness check does). After the ramp-up, clients vanish (socket closed,
   no goodbye) and are replaced by new ones (a new /80: a new attachment), others change network
   (same /80, new random bits, new socket: a re-attachment), and spoofers open a fresh socket
   behind the same NAT (same IPv4 address, new port) to send a data packet and a keepalive with
   a live client's IPv6 source.
 * home (in ha): the home agent's responder. It answers every datagram to its port, records the
-  one-way latency client -> home agent, and now and then sends a packet to an address it has
-  not heard from for longer than the active lifetime (the gateway must drop it: `no_state`).
+  one-way latency client -> home agent, and sends one packet to each address whose client went
+  away (vanished or moved), once neither side has used it for longer than the active lifetime
+  (+3 s): the gateway must drop it as `no_state`, and must not bring the state back. (The
+  clients agent tells it which addresses went away, and when, through a file.)
 * attacker (in nat, from the NAT's other outside address, not masqueraded): floods of new
   random addresses in the client prefix from one IPv4 source, and spoofers from that other
   IPv4 address reusing the addresses of the long-lived "anchor" clients.
@@ -190,6 +194,8 @@ class Client:
     sequence: int = 0
     answered: bool = False
     last_answer: float = 0.0  # monotonic
+    last_sent: float = 0.0  # wall clock (shared by the agents)
+    keepalive_pending: bool = False  # a keepalive not answered yet
     outstanding: dict[int, float] = field(default_factory=dict)  # sequence -> sent (monotonic)
 
 
@@ -211,7 +217,9 @@ class Clients:
             "data_sent", "answers", "lost", "in_flight_at_vanish", "keepalives_sent",
             "keepalive_answers", "vanished", "new_clients", "reattached", "spoofs_sent",
             "spoofed_keepalives_sent", "spoof_answers_to_victims", "spoofer_receipts",
-            "send_errors", "late_answers", "stale_to_live"), 0)
+            "send_errors", "late_answers", "stale_to_live", "keepalives_unanswered",
+            "liveness_reattached"), 0)
+        self.gone = open(args.gone, "a", buffering=1)  # noqa: SIM115 - open for the whole run
 
     # --- clients ---
 
@@ -244,6 +252,9 @@ class Clients:
                                         else self.args.keepalive), "tick", client)
 
     def detach(self, client: Client) -> None:
+        """The client's socket closes; its address is gone (the home agent is told when it
+        was last used, to probe it once the gateway must have forgotten it)."""
+        self.gone.write(f"{ipaddress.IPv6Address(client.address)} {client.last_sent}\n")
         self.poll.unregister(client.sock.fileno())
         del self.by_fd[client.sock.fileno()]
         client.sock.close()
@@ -259,12 +270,13 @@ class Clients:
         self.counts["vanished"] += 1
         self.start_client(now)  # the population stays the same: someone new attaches
 
-    def reattach(self, now: float) -> None:
+    def reattach(self, now: float, client: Client | None = None) -> None:
         """A network change: same /80, 48 new random bits, a new socket (a new NAT mapping)."""
-        client = self.pick(now, movable=True)
+        client = client or self.pick(now, movable=True)
         if client is None:
             return
         self.detach(client)
+        client.keepalive_pending = False
         client.generation += 1
         client.address = client_address(self.args.seed, client.id, client.generation)
         client.sock = self.open_socket(GATEWAY_PORTS[client.id % len(GATEWAY_PORTS)])
@@ -293,19 +305,21 @@ class Clients:
 
     # --- sending ---
 
-    def send(self, sock: socket.socket, packet: bytes) -> bool:
+    def send(self, sock: socket.socket, packet: bytes, client: Client | None = None) -> bool:
         try:
             sock.send(packet)
         except OSError:
             self.counts["send_errors"] += 1
             return False
+        if client is not None:
+            client.last_sent = time.time()
         return True
 
     def send_data(self, client: Client, now: float) -> None:
         client.sequence += 1
         payload = PAYLOAD.pack(DATA, client.id, client.sequence, time.time_ns(), 0)
         packet = udp_in_ipv6(client.address, self.home, 40000, HOME_PORT, payload)
-        if self.send(client.sock, packet):
+        if self.send(client.sock, packet, client):
             client.outstanding[client.sequence] = now
             self.counts["data_sent"] += 1
 
@@ -313,10 +327,19 @@ class Clients:
         if client.busy or not client.answered:
             self.send_data(client, now)
             self.schedule(now + self.jitter(self.args.interval), "tick", client)
+        elif client.keepalive_pending:
+            # No answer to the last keepalive: what the helper's liveness check does next is
+            # take a new address (the NAT mapping is probably gone).
+            self.counts["keepalives_unanswered"] += 1
+            self.counts["liveness_reattached"] += 1
+            self.reattach(now, client)
         else:
-            if self.send(client.sock, build_keepalive(client.address)):
+            if self.send(client.sock, build_keepalive(client.address), client):
                 self.counts["keepalives_sent"] += 1
-            self.schedule(now + self.jitter(self.args.keepalive), "tick", client)
+                client.keepalive_pending = True
+            # "never more than 30 s apart when idle, with downward jitter" (DESIGN.md): a
+            # keepalive later than the NAT's UDP timeout (30 s on Linux) finds no mapping.
+            self.schedule(now + self.args.keepalive * self.rng.uniform(0.8, 0.97), "tick", client)
 
     def spoof(self, now: float) -> None:
         """A live client's IPv6 source from a new socket behind the same NAT: same IPv4
@@ -360,13 +383,14 @@ class Clients:
         if is_keepalive_reply(packet):
             self.counts["keepalive_answers"] += 1
             client.last_answer = now
+            client.keepalive_pending = False
             return
         if packet[6] != NEXT_HEADER_UDP or len(packet) < 48 + PAYLOAD.size:
             return
         tag, client_id, sequence, sent_at, home_sent_at = PAYLOAD.unpack_from(packet, 48)
         if tag == STALE:
-            # The home agent took an idle client (keepalives only, which it never sees) for
-            # gone: the gateway rightly forwarded, since the keepalives kept the state.
+            # A packet for an address its client had left, delivered: the gateway forwarded
+            # it on a state that should have expired (or a new client took the address).
             self.counts["stale_to_live"] += 1
             return
         if tag == SPOOF:
@@ -491,10 +515,13 @@ def run_home(args: argparse.Namespace) -> int:
     Path(args.ready).write_text("listening")
     up_us = array.array("q")
     counts = dict.fromkeys(("data", "spoofs_received", "stale_probes", "other"), 0)
-    heard: dict[str, float] = {}  # address -> last exchange with it (monotonic)
+    heard: dict[str, float] = {}  # address -> when we last answered it (wall clock)
+    probes: list[tuple[float, str]] = []  # (when, address): addresses gone, to probe once
     deadline = time.monotonic() + args.duration
     stop = Path(args.stop)
-    next_stale = time.monotonic() + 1.0
+    gone = Path(args.gone)
+    gone_offset = 0
+    next_look = time.monotonic()
     while (now := time.monotonic()) < deadline and not stop.exists():
         ready, _, _ = select.select([sock], [], [], 0.2)
         if ready:
@@ -519,21 +546,26 @@ def run_home(args: argparse.Namespace) -> int:
                 reply = PAYLOAD.pack(tag, client_id, sequence, sent_at, time.time_ns())
                 with contextlib.suppress(OSError):
                     sock.sendto(reply, address)
-                heard[address[0]] = time.monotonic()
-        if now >= next_stale:
-            # Addresses silent for longer than the active lifetime: the gateway has no state
-            # for them any more and must drop what the home side sends (no_state), without
-            # bringing a state back. Each is probed once, then forgotten.
-            next_stale = now + 0.5
-            stale = [a for a, last in heard.items() if now - last > args.stale_after]
-            for address in stale[:20]:
-                del heard[address]
-                try:
-                    sock.sendto(PAYLOAD.pack(STALE, 0, 0, 0, time.time_ns()),
-                                (address, 40000))
+                heard[address[0]] = time.time()
+        if now >= next_look:
+            next_look = now + 0.5
+            # Addresses whose clients went away: once neither side has used one for longer
+            # than the active lifetime, the gateway has no state for it any more, and must drop
+            # what the home side sends (no_state) without bringing the state back.
+            with gone.open("rb") as lines:
+                lines.seek(gone_offset)
+                *complete, _partial = lines.read().split(b"\n")
+            for line in complete:
+                gone_offset += len(line) + 1
+                address, last_sent = line.decode().split()
+                last = max(float(last_sent), heard.pop(address, 0.0))
+                heapq.heappush(probes, (last + args.stale_after, address))
+            wall = time.time()
+            while probes and probes[0][0] <= wall:
+                _, address = heapq.heappop(probes)
+                with contextlib.suppress(OSError):
+                    sock.sendto(PAYLOAD.pack(STALE, 0, 0, 0, time.time_ns()), (address, 40000))
                     counts["stale_probes"] += 1
-                except OSError:
-                    pass
     Path(args.out).write_text(json.dumps({"counts": counts, "up_ms": percentiles(up_us)}))
     return 0
 
@@ -663,7 +695,9 @@ def drive(plan: Plan, seed: int, progress: bool) -> dict[str, Any]:
         assert before is not None
         kernel_before = {role: udp_kernel_drops(lab, role) for role in ("gw", "mn", "ha")}
         work = lab.workdir
-        common = ["--seed", str(seed), "--home-agent", a.home_agent]
+        (work / "gone.txt").write_text("")  # the clients' addresses that went away, and when
+        common = ["--seed", str(seed), "--home-agent", a.home_agent, "--gone",
+                  str(work / "gone.txt")]
         home = agent(lab, "ha", "home", [*common, "--ready", str(work / "home.ready"),
                                          "--out", str(work / "home.json"),
                                          "--stop", str(work / "home.stop"),
@@ -688,6 +722,10 @@ def drive(plan: Plan, seed: int, progress: bool) -> dict[str, Any]:
         ramped = time.monotonic() - started
         rss.append((ramped, rss_of(pid)))
         rss_ramp = rss[-1][1]
+        # The kernel's own packets into a fresh TUN (MLD reports for the groups it joins) are
+        # no_state drops too; they are over by now, and no client has gone away yet.
+        after_ramp = lab.metrics()
+        assert after_ramp is not None
         say(f"ramp-up done after {ready['after']:.1f}s; churn, spoofers and floods")
         churn_left = plan.duration - plan.settle - (time.monotonic() - clients_start)
         attacker = agent(lab, "nat", "attacker", [
@@ -735,6 +773,7 @@ def drive(plan: Plan, seed: int, progress: bool) -> dict[str, Any]:
         "ramp_seconds": ready["after"], "ready": ready,
         "forwarded": delta(before, after, "m6t_gateway_packets_total{"),
         "drops": {k: v for k, v in delta(before, after, prefix_drops).items() if v},
+        "no_state_after_ramp": delta(after_ramp, after, prefix_drops)["no_state"],
         "send_failures": {k: v for k, v in delta(before, after,
                                                  "m6t_gateway_send_failures_total{").items()
                           if v},
@@ -787,9 +826,9 @@ def verdicts(report: dict[str, Any]) -> dict[str, tuple[bool, str]]:
             f"{flood_states} states from {x['flood_sent']} flood datagrams "
             f"(budget {flood_budget:.0f})"),
         "stale packets from home dropped as no_state": (
-            drops.get("no_state", 0) == h["stale_probes"] - c["stale_to_live"],
-            f"no_state {drops.get('no_state', 0)}, stale packets {h['stale_probes']} of which "
-            f"{c['stale_to_live']} reached idle clients (their keepalives kept their state)"),
+            report["no_state_after_ramp"] == h["stale_probes"] and c["stale_to_live"] == 0,
+            f"no_state {report['no_state_after_ramp']} after the ramp-up, stale packets "
+            f"{h['stale_probes']} (reached a client: {c['stale_to_live']})"),
         "RSS flat": (rss["end"] - rss["ramp"] <= RSS_GROWTH_BOUND,
                      f"end - after ramp-up = {(rss['end'] - rss['ramp']) / 2**20:+.2f} MiB "
                      f"(bound {RSS_GROWTH_BOUND / 2**20:.0f} MiB)"),
@@ -814,7 +853,9 @@ def print_report(report: dict[str, Any]) -> None:
     print("load offered:")
     print(f"  data datagrams {c['data_sent']:,} (answered {c['answers']:,}, lost {c['lost']}, "
           f"in flight when their client vanished {c['in_flight_at_vanish']})")
-    print(f"  keepalives {c['keepalives_sent']:,} (answered {c['keepalive_answers']:,})")
+    print(f"  keepalives {c['keepalives_sent']:,} (answered {c['keepalive_answers']:,}; idle "
+          f"clients that took a new address after an unanswered one: "
+          f"{c['liveness_reattached']})")
     print(f"  new attachments: {c['new_clients']:,} clients "
           f"({c['new_clients'] - plan['clients']:,} after the ramp-up), "
           f"{c['reattached']:,} re-attachments (network changes); {c['vanished']:,} vanished")
@@ -823,13 +864,17 @@ def print_report(report: dict[str, Any]) -> None:
           f"{x['spoofs_sent']:,} + {x['spoofed_keepalives_sent']:,}")
     print(f"  floods: {x['floods']} from one IPv4 source, {x['flood_sent']:,} datagrams of "
           f"new addresses in {x['flood_seconds']:.1f} s")
-    print(f"  stale packets from home (addresses silent > lifetime): {h['stale_probes']:,}")
+    print(f"  packets from home to addresses gone for longer than the active lifetime: "
+          f"{h['stale_probes']:,}")
     print()
     fwd = report["forwarded"]
     print(f"forwarded: from clients {fwd.get('from_client', 0):,}, to clients "
           f"{fwd.get('to_client', 0):,}")
     print("dropped, by reason: " + (", ".join(f"{k} {v:,}" for k, v in
                                               sorted(report["drops"].items())) or "none"))
+    startup = report["drops"].get("no_state", 0) - report["no_state_after_ramp"]
+    print(f"  (of no_state, {startup} before the ramp-up ended: the kernel's own packets into "
+          "the fresh TUN, MLD reports)")
     if report["send_failures"]:
         print("send failures: " + ", ".join(f"{k} {v:,}" for k, v in
                                             sorted(report["send_failures"].items())))
@@ -858,7 +903,8 @@ def agent_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--agent", choices=("clients", "home", "attacker"))
     for name, kind in (("seed", int), ("home-agent", str), ("gateway", str), ("bind", str),
-                       ("ready", str), ("out", str), ("stop", str), ("duration", float),
+                       ("ready", str), ("out", str), ("stop", str), ("gone", str),
+                       ("duration", float),
                        ("settle", float), ("clients", int), ("ramp", float),
                        ("interval", float), ("idle-share", float), ("keepalive", float),
                        ("vanish-per-second", float), ("reattach-per-second", float),
