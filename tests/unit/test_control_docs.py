@@ -54,6 +54,12 @@ def test_the_methods_table_is_the_api() -> None:
         assert access == ("write" if schema.METHODS[name].writes else "read"), name
 
 
+def test_the_access_table_names_every_read_method() -> None:
+    rows = table_rows(section("Access"), "| caller | may |")
+    assert ticked(rows[1][1]) == {name for name, spec in schema.METHODS.items()
+                                  if not spec.writes}
+
+
 def test_the_state_table_lists_every_state_and_every_cause() -> None:
     rows = table_rows(section("TunnelStatus"), "| state | causes |")
     assert {row[0] for row in rows} == {state.value for state in schema.TunnelState}
