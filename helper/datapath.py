@@ -45,6 +45,7 @@ from m6t.linux.offload import (
     OffloadReport,
     enable_udp_gro,
     gro_segment_size,
+    report_tun,
     split_gro,
     wanted_features,
 )
@@ -107,7 +108,7 @@ class Pump:
         self.wanted = offloads
         # What is in use and why not the rest: the TUN device's, then each socket's.
         self.offload = OffloadReport()
-        self.offload.merge(tun.report)
+        report_tun(tun.offloads, tun.report, self.offload)
         self._vnet_header = tun.offloads.vnet_header
         self._coalescer = (Coalescer(tcp=tun.offloads.coalesce_tcp,
                                      udp=tun.offloads.coalesce_udp, local_delivery=True)
@@ -130,7 +131,7 @@ class Pump:
             target = self.target
             if target.sock is not sock:
                 sock = target.sock
-                self._gro = enable_udp_gro(sock, self.wanted, self.offload, "the tunnel socket")
+                self._adopt(sock)
                 poller = select.poll()
                 poller.register(tun_fd, select.POLLIN)
                 poller.register(sock.fileno(), select.POLLIN | select.POLLERR)
@@ -168,6 +169,17 @@ class Pump:
         except Exception:  # a bug must not silently kill the tunnel: log it loudly
             log.exception("data path thread %s crashed", threading.current_thread().name)
 
+    def _adopt(self, sock: socket.socket) -> None:
+        """A new path (a new socket): what the old one could not do (GRO, GSO, a segment
+        size) may work on this one."""
+        self._gro = enable_udp_gro(sock, self.wanted, self.offload, "the tunnel socket")
+        self._gso = UdpGso(sock, self._send_failed, enabled=UDP_GSO in self.wanted,
+                           on_disabled=lambda why: self.offload.disabled(UDP_GSO, why))
+        if self._gso.enabled:
+            self.offload.enabled(UDP_GSO)
+        else:
+            self.offload.disabled(UDP_GSO, NOT_WANTED)
+
     def _tun_batch(self, target: Target) -> None:
         read = os.read
         tun_fd = self.tun.fileno()
@@ -175,13 +187,7 @@ class Pump:
         drops = self.tx_drops
         address, sock = target.address, target.sock
         if sock is not self._gso.sock:
-            # A new path: what the old one could not do (GSO, a segment size) may work.
-            self._gso = UdpGso(sock, self._send_failed, enabled=UDP_GSO in self.wanted,
-                               on_disabled=lambda why: self.offload.disabled(UDP_GSO, why))
-            if self._gso.enabled:
-                self.offload.enabled(UDP_GSO)
-            else:
-                self.offload.disabled(UDP_GSO, NOT_WANTED)
+            self._adopt(sock)
         gso = self._gso
         # The first packet of a batch leaves at once, so that a lone packet (a ping, an ACK, an
         # IKE message) does not wait for the read that finds the queue empty; the others leave

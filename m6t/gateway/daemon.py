@@ -39,6 +39,7 @@ from m6t.linux.offload import (
     OffloadReport,
     enable_udp_gro,
     gro_segment_size,
+    report_tun,
     split_gro,
     wanted_features,
 )
@@ -192,12 +193,12 @@ class GatewayDaemon:
     def _use_tun_offloads(self) -> None:
         """Coalesce into the TUN device what it takes (per device: a fake or an old kernel
         takes none), and note the rest."""
-        self.offload.merge(self.tun.report)
+        offloads = self.tun.offloads
+        report_tun(offloads, self.tun.report, self.offload)
         if self._gso.enabled:
             self.offload.enabled(UDP_GSO)
         else:
             self.offload.disabled(UDP_GSO, NOT_WANTED)
-        offloads = self.tun.offloads
         if offloads.vnet_header:
             self._coalescer = Coalescer(tcp=offloads.coalesce_tcp, udp=offloads.coalesce_udp)
 

@@ -106,12 +106,12 @@ class OffloadReport:
 
     def disabled(self, feature: str, reason: str, context: str = "") -> None:
         """`feature` is not used, for `reason` (logged the first time per feature and reason,
-        unless the reason is "not wanted")."""
+        unless it was a choice: turned off, or a device that offers none)."""
         with self._lock:
             self.on.discard(feature)
             first = self.off.get(feature) != reason
             self.off[feature] = reason
-        if first and reason != NOT_WANTED:
+        if first and reason not in _QUIET:
             log.warning("offload %s off%s: %s; using the plain path", feature,
                         f" on {context}" if context else "", reason)
 
@@ -127,6 +127,8 @@ class OffloadReport:
 
 
 NOT_WANTED = f"turned off ({ENVIRONMENT})"
+NOT_OFFERED = "not offered by the device"
+_QUIET = frozenset({NOT_WANTED, NOT_OFFERED})  # choices, not refusals: not logged
 
 
 def _reason(exc: OSError) -> str:
@@ -200,6 +202,20 @@ def negotiate_tun(fd: int, wanted: frozenset[str], report: OffloadReport,
         elif feature in (TUN_COALESCE_UDP, TUN_USO):
             report.disabled(feature, no_uso)
     return offloads
+
+
+def report_tun(offloads: TunOffloads, device: OffloadReport, report: OffloadReport) -> None:
+    """Into a data path's `report`: what its TUN device does (`offloads`), with the reasons
+    the device gave for the rest (`device`); a device that gave none (a test's fake) offers
+    no offloads."""
+    report.merge(device)
+    for feature, on in ((TUN_COALESCE_TCP, offloads.coalesce_tcp),
+                        (TUN_COALESCE_UDP, offloads.coalesce_udp), (TUN_TSO, offloads.tso),
+                        (TUN_USO, offloads.uso)):
+        if on:
+            report.enabled(feature)
+        elif feature not in report.off:
+            report.disabled(feature, NOT_OFFERED)
 
 
 def _ioctl(fd: int, request: int, value: int) -> None:
