@@ -30,6 +30,8 @@ class Snapshot:
     super_packets: dict[str, int] = field(default_factory=dict)  # direction -> count
     super_packet_segments: dict[str, int] = field(default_factory=dict)  # direction -> packets
     offload_drops: dict[str, int] = field(default_factory=dict)  # segmenter's reason -> count
+    start_time: float = 0.0  # Unix time the gateway process started: every state is newer
+    ready: bool = False  # the packet loop serves: listen ports bound, TUN device up
 
 
 class GatewayCollector(Collector):
@@ -38,6 +40,14 @@ class GatewayCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         snap = self.read()
+        # A restart loses every state (the draft's states are soft and never move between
+        # gateways): one alert on a changed start time tells "all clients had to re-attach".
+        yield GaugeMetricFamily("m6t_gateway_start_time_seconds",
+                                "Start time of the gateway process since the Unix epoch",
+                                value=snap.start_time)
+        yield GaugeMetricFamily("m6t_gateway_ready",
+                                "1 while the gateway serves (listen ports bound, TUN device up, "
+                                "packet loop running), else 0", value=int(snap.ready))
         states = GaugeMetricFamily("m6t_gateway_states", "Tunnel states by kind", labels=["kind"])
         for kind, count in snap.states.items():
             states.add_metric([kind], count)
