@@ -249,6 +249,11 @@ class Pump:
         packets = octets = 0
         budget = BATCH
         first = True
+        # A datagram of the size of the last one for the TUN, with the same first 41 bytes
+        # (version, payload length, next header, destination; and the first byte after the
+        # header, which tells an echo reply), is for the TUN too: one comparison for the next
+        # packet of a run.
+        same_head, same_size = b"\0", 0
         while budget > 0:
             try:
                 if gro:
@@ -268,11 +273,14 @@ class Pump:
                 continue
             budget -= len(datagrams)
             for data in datagrams:
-                if (data.startswith(address, 24) and len(data) >= IPV6_HEADER_LENGTH
+                if data.startswith(same_head) and len(data) == same_size:
+                    kind: Inbound | DropReason = Inbound.TO_TUN
+                elif (data.startswith(address, 24) and len(data) > IPV6_HEADER_LENGTH
                         and data[0] >> 4 == 6 and (data[4] << 8 | data[5]) + 40 == len(data)
                         and data[6] != NEXT_HEADER_NONE
                         and not (data[6] == 58 and data.startswith(b"\x81", 40))):
-                    kind: Inbound | DropReason = Inbound.TO_TUN
+                    kind = Inbound.TO_TUN
+                    same_head, same_size = data[:41], len(data)
                 else:
                     kind = classify_from_gateway(data, address)
                 if kind is Inbound.TO_TUN:

@@ -37,6 +37,7 @@ everything else a packet costs here). It writes either
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -79,6 +80,9 @@ MAX_SUPER_PAYLOAD: Final = 65_535
 MAX_SEGMENTS: Final = 64
 MAX_OPEN_FLOWS: Final = 16  # runs kept open at once; the oldest is written when more start
 _TCP_FIELDS = struct.Struct("!I4xBB").unpack_from  # sequence number, data offset, flags
+_SEQUENCE = struct.Struct("!I").unpack_from
+_SEQUENCE_AND_CHECK = struct.Struct("!HH8xH").unpack_from  # at 44: seq (two words), checksum
+_AT_44 = itertools.repeat(44)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,23 +270,27 @@ def _segment_udp(packet: bytes, gso_size: int, max_packet: int) -> list[bytes]:
 
 class _Run:
     """Segments of one flow waiting to become one super-packet. The byte strings a segment
-    must start with (at 0, 48 and 58) are kept ready: a full-size segment that matches all
-    three has the first segment's headers but for its sequence number and checksum."""
+    must start with are kept ready: a segment of the first's size that starts with `prefix`
+    (IPv6 header, ports and, for UDP, length) and, for TCP, has `middle` at 48 and `options`
+    at 58 has the first segment's headers but for its sequence number and checksum."""
 
-    __slots__ = ("first", "gso", "head", "header_length", "hop_limit", "ip_first", "middle",
-                 "next_seq", "options", "packets", "payload", "tcp")
+    __slots__ = ("first", "gso", "header_length", "hop_limit", "ip_first", "limit", "middle",
+                 "next_seq", "options", "packets", "payload", "prefix", "size", "tcp")
 
     def __init__(self, first: bytes, tcp: bool, header_length: int, payload: int,
                  seq: int) -> None:
         self.first = first
         self.tcp = tcp
+        self.size = len(first)
         self.header_length = header_length  # transport header
         self.gso = payload  # every segment's payload but the last's
         self.payload = payload  # total payload so far
         self.next_seq = (seq + payload) & 0xFFFFFFFF
         self.packets = [first]
-        self.head = first[:8]  # version, class, flow label, payload length, next header, hops
-        self.ip_first = first[:4]
+        # How many segments of the first's size fit (MAX_SEGMENTS, and a 16-bit length).
+        self.limit = min(MAX_SEGMENTS, (MAX_SUPER_PAYLOAD - header_length) // payload)
+        self.prefix = first[:44] if tcp else first[:46]
+        self.ip_first = first[:4]  # version, traffic class, flow label
         self.hop_limit = first[7]
         self.middle = first[48:56]  # ack, data offset, flags, window
         self.options = first[58:IPV6_HEADER + header_length]  # urgent pointer, options
@@ -311,8 +319,8 @@ class Coalescer:
         # Open runs by flow (addresses and ports), TCP and UDP apart; insertion order is age.
         self._tcp_runs: dict[bytes, _Run] = {}
         self._udp_runs: dict[bytes, _Run] = {}
+        self._last: _Run | None = None  # the run the previous packet went to
         self._out: list[Write] = []
-        self.packets_in = 0  # packets added
         self.writes_out = 0  # device writes flushed
         self.coalesced = 0  # packets that went out inside a super-packet
 
@@ -322,7 +330,27 @@ class Coalescer:
                    for run in runs.values()) + len(self._out)
 
     def add(self, packet: bytes) -> None:
-        self.packets_in += 1
+        # The common case first, in as few operations as can be: the next full-size segment of
+        # the run the previous packet went to.
+        run = self._last
+        if run is not None and packet.startswith(run.prefix) and len(packet) == run.size:
+            packets = run.packets
+            if len(packets) < run.limit:
+                if run.tcp:
+                    if (_SEQUENCE(packet, 44)[0] == run.next_seq
+                            and packet.startswith(run.middle, 48)
+                            and packet.startswith(run.options, 58)):
+                        packets.append(packet)
+                        run.payload += run.gso
+                        run.next_seq = (run.next_seq + run.gso) & 0xFFFFFFFF
+                        return
+                elif packet[46] or packet[47]:  # a zero UDP checksum goes alone
+                    packets.append(packet)
+                    run.payload += run.gso
+                    return
+        self._add(packet)
+
+    def _add(self, packet: bytes) -> None:
         size = len(packet)
         if size >= IPV6_HEADER + 4:  # the ports are there: the flow is known
             next_header = packet[6]
@@ -350,13 +378,16 @@ class Coalescer:
         seq, offset, flags = _TCP_FIELDS(packet, 44)
         if run is not None:
             if seq == run.next_seq and len(run.packets) < MAX_SEGMENTS:
-                if (packet.startswith(run.head) and packet.startswith(run.middle, 48)
+                if (packet.startswith(run.prefix) and size == run.size
+                        and packet.startswith(run.middle, 48)
                         and packet.startswith(run.options, 58)):
-                    # Same headers and size: the common case, a segment in the middle.
-                    if run.payload + run.header_length + run.gso <= MAX_SUPER_PAYLOAD:
+                    # Same headers and size: a segment in the middle (of another flow's run
+                    # than the previous packet's).
+                    if len(run.packets) < run.limit:
                         run.packets.append(packet)
                         run.payload += run.gso
                         run.next_seq = (seq + run.gso) & 0xFFFFFFFF
+                        self._last = run
                         return
                 elif self._last_of_run(run, packet, size, offset, flags):
                     run.packets.append(packet)
@@ -406,6 +437,8 @@ class Coalescer:
                 run.payload += payload
                 if payload < run.gso:
                     self._close(runs, key, run)
+                else:
+                    self._last = run
                 return
             self._close(runs, key, run)
         if valid:
@@ -418,9 +451,12 @@ class Coalescer:
             oldest = next(iter(runs))
             self._close(runs, oldest, runs[oldest])
         runs[key] = run
+        self._last = run
 
     def _close(self, runs: dict[bytes, _Run], key: bytes, run: _Run) -> None:
         del runs[key]
+        if self._last is run:
+            self._last = None
         self._out.append(self._write(run))
 
     def flush(self) -> list[Write]:
@@ -483,13 +519,12 @@ def _combined_tcp_check(run: _Run, length: int) -> int:
     base = first[40:44] + b"\0\0\0\0" + first[48:53] + bytes((first[53] & ~PSH,)) + \
         first[54:56] + b"\0\0" + first[58:IPV6_HEADER + header_length]
     fixed = ones_sum(base)
-    segments = count * (addresses + NEXT_HEADER_TCP + fixed)
-    for packet in packets:
-        # pseudo-header length, sequence number words, PSH, checksum field
-        segments += (len(packet) - IPV6_HEADER + (packet[44] << 8 | packet[45])
-                     + (packet[46] << 8 | packet[47]) + (packet[53] & PSH)
-                     + (packet[56] << 8 | packet[57]))
-    last_psh = packets[-1][53] & PSH
+    last_psh = packets[-1][53] & PSH  # only the last segment may have PSH
+    # Per segment: its pseudo-header length (all alike but the last's), the words of its
+    # sequence number and its checksum field (one struct call each).
+    segments = (count * (addresses + NEXT_HEADER_TCP + fixed)
+                + (count - 1) * (header_length + run.gso) + len(packets[-1]) - IPV6_HEADER
+                + last_psh + sum(map(sum, map(_SEQUENCE_AND_CHECK, packets, _AT_44))))
     own = (addresses + (length >> 16) + (length & 0xFFFF) + NEXT_HEADER_TCP + fixed
            + (first[44] << 8 | first[45]) + (first[46] << 8 | first[47]) + last_psh)
     return checksum_field((own - segments) % 0xFFFF)

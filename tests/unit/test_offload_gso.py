@@ -420,7 +420,7 @@ def test_counters() -> None:
     coalescer.add_all([*stream(0, [1000] * 3), ipv6(CLIENT, HOME_AGENT, 58, bytes(8))])
     assert len(coalescer) == 4
     coalescer.flush()
-    assert (coalescer.packets_in, coalescer.writes_out, coalescer.coalesced) == (4, 2, 3)
+    assert (coalescer.writes_out, coalescer.coalesced) == (2, 3)
     assert len(coalescer) == 0
 
 
