@@ -246,6 +246,7 @@ class Pump:
         address, recv, recvmsg = target.address, sock.recv, sock.recvmsg
         gro = self._gro
         coalescer = self._coalescer
+        vnet_header, writev = self._vnet_header, self.tun.writev
         packets = octets = 0
         budget = BATCH
         first = True
@@ -272,6 +273,9 @@ class Pump:
                 budget -= 1
                 continue
             budget -= len(datagrams)
+            # A lone datagram (a ping, an ACK) goes straight to the device: the coalescer would
+            # only add its bookkeeping to the latency.
+            coalesce = coalescer is not None and not (first and len(datagrams) == 1)
             for data in datagrams:
                 if data.startswith(same_head) and len(data) == same_size:
                     kind: Inbound | DropReason = Inbound.TO_TUN
@@ -284,11 +288,15 @@ class Pump:
                 else:
                     kind = classify_from_gateway(data, address)
                 if kind is Inbound.TO_TUN:
-                    if coalescer is not None:
-                        coalescer.add(data)
+                    if coalesce:
+                        coalescer.add(data)  # type: ignore[union-attr]
                     else:
                         try:
-                            write(tun_fd, data)
+                            if vnet_header:
+                                if not writev((PLAIN_HEADER, data)):
+                                    raise OSError(errno.EINVAL, "refused")
+                            else:
+                                write(tun_fd, data)
                         except OSError:
                             drops["tun_write_failed"] += 1
                             continue

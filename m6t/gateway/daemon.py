@@ -397,7 +397,8 @@ class GatewayDaemon:
         coalescer = self._coalescer
         # Forwarded packets go into the TUN one by one, or through the coalescer, which makes
         # super-packets of runs of one flow (each packet checked by the core first, alone).
-        deliver = self.tun.write if coalescer is None else coalescer.add
+        tun_write = self.tun.write
+        add = tun_write if coalescer is None else coalescer.add
         peers = self._peers[index]
         # Within a batch, a packet from the sender of a packet the core forwarded, with the same
         # IPv6 source and destination, gets the same decision (Gateway.receive_from_client says
@@ -430,6 +431,9 @@ class GatewayDaemon:
                 budget -= 1
                 continue
             budget -= len(datagrams)
+            # A lone datagram (a ping, an ACK) goes straight to the device: the coalescer would
+            # only add its bookkeeping to the latency.
+            deliver = tun_write if first and len(datagrams) == 1 else add
             same_sender = address == flow_sender
             for data in datagrams:
                 if same_sender and data.startswith(flow_head) and len(data) == flow_size:
