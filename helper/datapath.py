@@ -200,20 +200,25 @@ class Pump:
             except BlockingIOError:
                 break
             if not vnet_header:
-                batch: tuple[bytes, ...] | list[bytes] = (raw,)
-            elif raw[0] or raw[1]:
-                batch = self._segment(raw)
+                packet = raw
+            elif raw[0] or raw[1]:  # a super-packet, or a checksum left to us: rare
+                cut = self._segment(raw, address)
+                if cut and later is None:
+                    packets, octets = gso.send(cut[:1], None)
+                    later = cut[1:]
+                elif cut:
+                    later.extend(cut)  # type: ignore[union-attr]
+                continue
             else:
-                batch = (raw[VNET_HEADER_LENGTH:],)
-            for packet in batch:
-                if packet.startswith(address, 8) and len(packet) >= IPV6_HEADER_LENGTH:
-                    if later is None:
-                        packets, octets = gso.send([packet], None)
-                        later = []
-                    else:
-                        later.append(packet)
+                packet = raw[VNET_HEADER_LENGTH:]
+            if packet.startswith(address, 8) and len(packet) >= IPV6_HEADER_LENGTH:
+                if later is None:
+                    packets, octets = gso.send([packet], None)
+                    later = []
                 else:
-                    drops[check_from_tun(packet, address) or DropReason.SRC_NOT_OURS] += 1
+                    later.append(packet)
+            else:
+                drops[check_from_tun(packet, address) or DropReason.SRC_NOT_OURS] += 1
         if later:
             sent, sent_octets = gso.send(later, None)
             packets += sent
@@ -223,18 +228,22 @@ class Pump:
             self.tx_bytes += octets
             self.last_sent = time.monotonic()
 
-    def _segment(self, raw: bytes) -> list[bytes]:
+    def _segment(self, raw: bytes, address: bytes) -> list[bytes]:
         """A read that is a super-packet (TSO/USO), or a packet whose checksum the kernel left
-        to us: the packets for the wire, none larger than the tunnel MTU."""
+        to us: the packets for the wire, none larger than the tunnel MTU, each checked."""
         header = VirtioNetHeader.unpack(raw)
         try:
-            packets = segment(header, raw[VNET_HEADER_LENGTH:], self.tun.mtu)
+            cut = segment(header, raw[VNET_HEADER_LENGTH:], self.tun.mtu)
         except SegmentError as exc:
             self.tx_drops[exc.reason] += 1
             return []
         if header.gso_type:
-            self.segmented += len(packets)
-        return packets
+            self.segmented += len(cut)
+        ours = [packet for packet in cut if packet.startswith(address, 8)]
+        for packet in cut:
+            if not packet.startswith(address, 8):
+                self.tx_drops[check_from_tun(packet, address) or DropReason.SRC_NOT_OURS] += 1
+        return ours
 
     def _send_failed(self, exc: OSError, lost: int) -> None:
         self.tx_drops[_send_error(exc)] += lost
