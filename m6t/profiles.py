@@ -83,6 +83,8 @@ def parse_profiles(text: str, source: str = "profiles") -> ProfileBook:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProfilesError(f"{source} is not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ProfilesError(f"{source} is not valid TOML (nested too deeply)") from None
     tables = data.get("profile", [])
     if not isinstance(tables, list):
         raise ProfilesError(f"{source}: 'profile' must be an array of tables ([[profile]])")

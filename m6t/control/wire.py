@@ -131,6 +131,8 @@ def decode_request(line: bytes) -> Request:
         raw = msgspec.json.decode(line)
     except msgspec.DecodeError as exc:
         raise UnreadableRequest(ParseError(f"not JSON: {exc}"), None) from None
+    except RecursionError:  # msgspec's own limit on nesting, a RecursionError
+        raise UnreadableRequest(ParseError("not JSON: nested too deeply"), None) from None
     request_id: int | str | None = None
     if isinstance(raw, dict):
         candidate = raw.get("id")
@@ -191,7 +193,7 @@ def decode_incoming(line: bytes) -> Incoming:
     """What a line from the helper is: a reply, an event record, or a named reason to drop it."""
     try:
         message = msgspec.json.decode(line)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # nesting beyond msgspec's limit is the latter
         return Dropped(Malformed.NOT_JSON, repr(line[:200]))
     if not isinstance(message, dict):
         return Dropped(Malformed.NOT_OBJECT, repr(line[:200]))
@@ -212,7 +214,7 @@ def decode_incoming(line: bytes) -> Incoming:
 
 def decode_event(params: Any, line: bytes = b"") -> Event | Dropped:
     kind = params.get("type") if isinstance(params, dict) else None
-    if kind not in EVENT_TYPES:
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:
         reason = Malformed.UNKNOWN_EVENT if isinstance(kind, str) else Malformed.BAD_EVENT
         return Dropped(reason, repr(line[:200]))
     try:

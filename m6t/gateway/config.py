@@ -43,7 +43,8 @@ def _endpoint(key: str, value: Any) -> tuple[str, int]:
         address = ipaddress.IPv4Address(host)
     except ValueError:
         raise ConfigError(f"{key}: {host!r} is not an IPv4 address") from None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise ConfigError(f"{key}: port {port_text!r} must be 1..65535")
     return str(address), int(port_text)
 
@@ -125,7 +126,11 @@ def parse_config(data: dict[str, Any]) -> GatewayConfig:
     for key, kind in _TUNING.items():
         if key in data:
             accepted = (int, float) if kind is float else int
-            tuning[key] = kind(_typed(data, key, accepted, None))
+            value = _typed(data, key, accepted, None)
+            try:
+                tuning[key] = kind(value)
+            except OverflowError:  # an integer too large for a float
+                raise ConfigError(f"{key}: {value} is out of range") from None
     try:
         policy = GatewayPolicy(client_prefix=prefix, home_agents=frozenset(agents),
                                icmp_source=icmp_source, **tuning)
@@ -140,6 +145,8 @@ def load_config(path: Path) -> GatewayConfig:
             data = tomllib.load(handle)
     except OSError as exc:
         raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config: {path} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"config: {path} is not valid TOML: nested too deeply") from None
     return parse_config(data)
