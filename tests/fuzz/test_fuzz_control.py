@@ -61,7 +61,7 @@ def framed(limit: int, stream: bytes) -> list[bytes | str]:
     return out
 
 
-@bounded(300)
+@bounded(200)
 @given(st.lists(st.one_of(mutated(LINES), st.binary(max_size=40),
                           st.sampled_from([b"\n", b"\n\n", b" \n", b"x" * 20])), max_size=8),
        st.integers(1, 64), st.lists(st.integers(1, 64), min_size=1, max_size=8))
@@ -89,7 +89,7 @@ def test_the_framer_cuts_any_stream_into_bounded_lines_however_it_is_read(
 # --- the helper's side: requests and params --------------------------------------------------
 
 
-@bounded(600)
+@bounded(300)
 @given(any_line)
 def test_any_line_is_a_request_or_a_named_json_rpc_error(line: bytes) -> None:
     try:
@@ -114,7 +114,7 @@ def method_params(draw: st.DrawFn) -> tuple[str, Any]:
     return method, params
 
 
-@bounded(800)
+@bounded(400)
 @given(method_params())
 def test_every_methods_params_decode_to_its_record_or_invalid_params(
         case: tuple[str, Any]) -> None:
@@ -153,7 +153,7 @@ def test_every_method_has_seed_params() -> None:
 # --- the clients' side: replies and events ---------------------------------------------------
 
 
-@bounded(600)
+@bounded(300)
 @given(any_line)
 def test_any_line_from_the_helper_is_a_reply_an_event_or_dropped_by_name(line: bytes) -> None:
     incoming = wire.decode_incoming(line)
@@ -167,14 +167,14 @@ def test_any_line_from_the_helper_is_a_reply_an_event_or_dropped_by_name(line: b
         assert type(incoming) in schema.EVENT_TYPES.values()
 
 
-@bounded(300)
+@bounded(150)
 @given(st.sampled_from(sorted(schema.METHODS)), json_values)
 def test_any_result_is_its_methods_record_or_a_bad_reply(method: str, result: Any) -> None:
     with contextlib.suppress(errors.BadReply):
         wire.decode_result(method, result)
 
 
-@bounded(200)
+@bounded(100)
 @given(json_values)
 def test_any_error_object_becomes_a_control_error(error: Any) -> None:
     assert isinstance(errors.ControlError.from_wire(error), errors.ControlError)

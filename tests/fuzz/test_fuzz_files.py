@@ -61,7 +61,7 @@ def check_book(book: ProfileBook) -> None:
     assert parse_profiles(dump_profiles(book)) == book
 
 
-@bounded(400)
+@bounded(200)
 @given(st.one_of(mutated(PROFILE_FILES), mutated(PROFILE_FILES, max_steps=12),
                  st.binary(max_size=120)))
 def test_any_profiles_text_is_a_book_or_a_profiles_error(data: bytes) -> None:
@@ -73,7 +73,7 @@ def test_any_profiles_text_is_a_book_or_a_profiles_error(data: bytes) -> None:
     check_book(book)
 
 
-@bounded(400)
+@bounded(200)
 @given(structured(PROFILE_DATA))
 def test_any_profiles_structure_is_a_book_or_an_error_naming_the_profile(
         data: dict[str, Any]) -> None:
@@ -88,7 +88,7 @@ def test_any_profiles_structure_is_a_book_or_an_error_naming_the_profile(
     check_book(book)
 
 
-@bounded(150)
+@bounded(100)
 @given(st.binary(max_size=200))
 def test_any_bytes_on_disk_load_or_say_the_file_is_left_untouched(tmp_path_factory:
                                                                   pytest.TempPathFactory,
@@ -118,20 +118,20 @@ def check_config(config: GatewayConfig) -> None:
     assert 1 <= policy.max_temporary_states <= policy.max_states
 
 
-@bounded(500)
+@bounded(250)
 @given(structured(GATEWAY_DATA))
 def test_any_gateway_config_is_a_config_or_an_error_naming_its_key(
         data: dict[str, Any]) -> None:
     try:
         config = parse_config(data)
     except ConfigError as exc:
-        key = str(exc).partition(":")[0].partition("[")[0]
-        assert key in KEYS or key in data, str(exc)
+        # The message starts with the key it is about (a known one, or the unknown one given).
+        assert any(str(exc).startswith(f"{key}") for key in KEYS | set(data)), str(exc)
         return
     check_config(config)
 
 
-@bounded(300)
+@bounded(150)
 @given(st.one_of(mutated(GATEWAY_FILES), mutated(GATEWAY_FILES, max_steps=12),
                  st.binary(max_size=120)))
 def test_any_gateway_config_file_is_a_config_or_a_config_error(

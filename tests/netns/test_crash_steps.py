@@ -187,7 +187,7 @@ def test_sigkill_at_each_step_of_connect_then_restart(lab: Lab) -> None:
         request.close()
         assert reached(seen[step]), (step, seen[step])
         assert_clean(lab, before)  # the kernel took the TUN, its address and routes with it
-    for delay in (0.0, 0.005, 0.02, 0.05, 0.2):
+    for delay in (0.0, 0.02, 0.2):
         helper = lab.start_helper()
         request = send_line(lab.helper_socket, "connect", {"profile": lab.profile()})
         seen[f"{delay * 1000:.0f} ms"] = kill_after(helper, delay,
@@ -211,7 +211,7 @@ def test_sigkill_at_each_step_of_a_network_change_then_restart(lab: Lab) -> None
         ("new address added", lambda v, old: v["addresses"] > 1),
         ("old address removed", lambda v, old: v["extra_gone"]),
     ]
-    timed = [0.0, 0.3, 0.35, 0.4]  # the helper acts 0.3 s after the last netlink event
+    timed = [0.0, 0.35]  # the helper acts 0.3 s after the last netlink event
     for index in range(len(steps) + len(timed)):
         helper = lab.start_helper()
         pid = helper.pid
@@ -319,7 +319,7 @@ def test_sigkill_the_gateway_at_each_step_then_restart(lab: Lab) -> None:
         ("listeners bound", lambda v: v["listening"]),
     ]
     seen: dict[str, dict[str, Any]] = {}
-    timed = (0.15, 0.4, 1.0)
+    timed = (0.15, 0.6)
     for index in range(len(steps) + len(timed)):
         process = lab.spawn("gw", [sys.executable, "-m", "m6t.gateway", "--config", str(path)],
                             log_name="gateway")
