@@ -25,10 +25,11 @@ The three paths alternate test by test, each repeated `--repeat` times; the best
 (highest throughput, lowest average RTT), all runs are in the JSON. Ratios are to direct-nogso
 of the same invocation, since this VM's speed drifts by a third from hour to hour.
 
---variants: then, for each M6T_OFFLOADS value given (m6t.linux.offload: `off` is the data path
-before offloads, `-udp_gro` everything but UDP GRO, `+tun_tso` with TSO reads, ...), m6t-gateway
-and m6t-helper are restarted with it and the same tests run again, alternating with
-direct-nogso: what each technique buys, measured against a ceiling of the same minutes.
+--variants: then, for each M6T_OFFLOADS value given (m6t.linux.offload: `off` is every offload
+but UDP GSO, `-udp_gro` everything but UDP GRO, `+tun_tso` with TSO reads, ...; `txqueuelen=N`
+in the list sets both TUN devices' queue, 1000 by default, 500 before), m6t-gateway and
+m6t-helper are restarted with it and the same tests run again, alternating with direct-nogso:
+what each technique buys, measured against a ceiling of the same minutes.
 
 --strict-wire: also turn tx-udp-segmentation off on every veth. By default a veth passes a UDP
 GSO message on whole (as it passes a TCP super-packet only with TSO on): it crosses the NAT as
@@ -335,11 +336,14 @@ def offloads_off(lab: Lab, strict_wire: bool) -> dict[str, dict[str, str]]:
     return state
 
 
-def start_m6t(lab: Lab, offloads: str | None) -> TunnelStatus:
-    """m6t-gateway and m6t-helper with M6T_OFFLOADS=`offloads` (None: the default), connected."""
-    if offloads is None:
-        os.environ.pop("M6T_OFFLOADS", None)
-    else:
+def start_m6t(lab: Lab, variant: str | None) -> TunnelStatus:
+    """m6t-gateway and m6t-helper, connected, as `variant` says: an M6T_OFFLOADS value (None:
+    the defaults), in which `txqueuelen=N` instead sets both TUN devices' queue afterwards
+    (`off,txqueuelen=500` is the data path as it was before issue 10)."""
+    words = [w.strip() for w in (variant or "").split(",") if w.strip()]
+    queues = [int(w.split("=", 1)[1]) for w in words if w.startswith("txqueuelen=")]
+    offloads = ",".join(w for w in words if not w.startswith("txqueuelen="))
+    if offloads:
         os.environ["M6T_OFFLOADS"] = offloads
     try:
         lab.start_gateway()
@@ -350,6 +354,9 @@ def start_m6t(lab: Lab, offloads: str | None) -> TunnelStatus:
         result: TunnelStatus = client.call("connect", profile=lab.profile())
     if result.state != "connected":
         raise BenchError(f"tunnel did not connect: {result}")
+    for queue in queues:
+        lab.ip("mn", "link", "set", "m6t0", "txqueuelen", str(queue))
+        lab.ip("gw", "link", "set", "m6tgw0", "txqueuelen", str(queue))
     return result
 
 

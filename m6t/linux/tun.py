@@ -4,7 +4,11 @@ the offloads of m6t.linux.offload when the kernel has them."""
 from __future__ import annotations
 
 import errno
+import fcntl
+import logging
 import os
+import socket
+import struct
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -21,9 +25,17 @@ from m6t.linux.offload import (
 )
 from m6t.protocol.gso import PLAIN_HEADER
 
+log = logging.getLogger("m6t.tun")
+
 # A read: the largest super-packet (64 KiB of IPv6 payload, plus its header) and the
 # virtio-net header in front.
 READ_SIZE = 65_536 + 40 + 10 + 64
+# Packets the kernel may queue for the daemon to read (the device's txqueuelen): TUN's default
+# of 500 overflows under one TCP flow, whose local queue TCP Small Queues lets grow to
+# tcp_limit_output_bytes (4 MB), so every burst cost drops and halved windows; 1000 is what
+# Ethernet devices get.
+QUEUE_PACKETS = 1000
+SIOCSIFTXQLEN = 0x8943
 
 
 class PacketDevice(Protocol):
@@ -47,6 +59,16 @@ class PacketDevice(Protocol):
 
 class TunError(OSError):
     pass
+
+
+def set_queue_length(name: str, packets: int) -> None:
+    """The device's txqueuelen (SIOCSIFTXQLEN): how many packets wait for us to read them."""
+    request = struct.pack("16si", name.encode(), packets)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            fcntl.ioctl(sock, SIOCSIFTXQLEN, request)
+        except OSError as exc:  # not fatal: the kernel's default queue still works
+            log.warning("cannot set the queue of %s to %d packets: %s", name, packets, exc)
 
 
 # Errors that lose one write, as a router loses a packet: EINVAL, not a packet the kernel
@@ -96,6 +118,7 @@ class TunDevice:
                 self.offloads = negotiate_tun(self._fd, wanted, self.report)
             os.set_blocking(self._fd, False)
             device.mtu = mtu
+            set_queue_length(self.name, QUEUE_PACKETS)
             if up:
                 device.up()
         except BaseException:

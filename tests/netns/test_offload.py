@@ -77,6 +77,9 @@ def offloads_in_use(lab: Lab) -> set[str]:
 # --- iperf3 both ways, offloads on and forced off ----------------------------------------------
 
 def test_iperf3_both_ways(world: Lab) -> None:
+    # Room for a TCP flow's bursts in both TUN devices (500 by default: drops, halved windows).
+    assert "qlen 1000" in world.ip("mn", "link", "show", "m6t0").stdout
+    assert "qlen 1000" in world.ip("gw", "link", "show", "m6tgw0").stdout
     up, down = tcp_both_ways(world)
     assert up > 50e6 and down > 50e6  # bits/s through helper, NAT and gateway, each way
     udp = iperf(world, "-u", "-l", "64", "-b", "20M")["sum"]
