@@ -93,7 +93,7 @@ def missing_tools(tools: Sequence[str] = REQUIRED_TOOLS) -> list[str]:
 
 
 class Lab:
-    ROLES = ("mn", "nat", "gw", "ha")
+    ROLES: tuple[str, ...] = ("mn", "nat", "gw", "ha")  # subclasses may build other worlds
 
     def __init__(self, tag: str | None = None) -> None:
         self.tag = tag or f"m6t-{os.getpid()}-{secrets.token_hex(2)}"
