@@ -316,11 +316,11 @@ class Pump:
                     self.on_control(kind, data)
                 else:
                     drops[kind] += 1
-            if first and coalescer is not None:
+            if first and coalescer:
                 # The first receive goes to the TUN at once; the rest once the queue is empty.
-                first = False
                 self._write_tun(coalescer.flush())
-        if coalescer is not None:
+            first = False
+        if coalescer:
             self._write_tun(coalescer.flush())
         if packets:
             self.rx_packets += packets

@@ -459,12 +459,12 @@ class GatewayDaemon:
                         send_datagram(sock, decision.packet, address)
                     except OSError as exc:
                         self._send_failed(exc, 1)
-            if first and coalescer is not None:
+            if first and coalescer:
                 # The first receive goes home at once (a ping, an ACK); the rest waits for the
                 # queue to be empty, to be coalesced as much as it can.
-                first = False
                 self._write_home(coalescer.flush())
-        if coalescer is not None:
+            first = False
+        if coalescer:
             self._write_home(coalescer.flush())
         self.packets["from_client"] += packets
         self.octets["from_client"] += octets

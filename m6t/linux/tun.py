@@ -116,6 +116,7 @@ class TunDevice:
         try:
             if vnet_header:
                 self.offloads = negotiate_tun(self._fd, wanted, self.report)
+            self._vnet_header = self.offloads.vnet_header
             os.set_blocking(self._fd, False)
             device.mtu = mtu
             set_queue_length(self.name, QUEUE_PACKETS)
@@ -148,11 +149,11 @@ class TunDevice:
 
     def write(self, packet: bytes) -> None:
         """One plain IPv6 packet."""
-        if self.offloads.vnet_header:
-            self.writev((PLAIN_HEADER, packet))
-            return
         try:
-            os.write(self._fd, packet)
+            if self._vnet_header:
+                os.writev(self._fd, (PLAIN_HEADER, packet))
+            else:
+                os.write(self._fd, packet)
         except BlockingIOError:
             pass  # the kernel's queue is full: a drop, as a router would do
         except OSError as exc:

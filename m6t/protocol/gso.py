@@ -324,6 +324,10 @@ class Coalescer:
         self.writes_out = 0  # device writes flushed
         self.coalesced = 0  # packets that went out inside a super-packet
 
+    def __bool__(self) -> bool:
+        """Whether anything waits to be flushed (cheaper than len)."""
+        return bool(self._out or self._tcp_runs or self._udp_runs)
+
     def __len__(self) -> int:
         """Packets added and not yet flushed."""
         return sum(len(run.packets) for runs in (self._tcp_runs, self._udp_runs)
