@@ -75,6 +75,7 @@ def test_failover_keeps_the_tunnel_within_10_s(pair: GatewayPairLab) -> None:
     ping = pair.start_ping()
     ping.wait_replies(3, since=time.time())
     assert active_states(pair, "gw-a") >= 1  # the port race confirms one state per port
+    assert active_states(pair, "gw-b") == 0
     started_a = pair.gateway_metrics("gw-a")["m6t_gateway_start_time_seconds"]  # type: ignore[index]
 
     # 1. The master's gateway dies (SIGKILL: no teardown). Its health check fails, keepalived
@@ -105,7 +106,8 @@ def test_failover_keeps_the_tunnel_within_10_s(pair: GatewayPairLab) -> None:
     assert ping.last_gap(restored) < 1.0, "restoring the old master interrupted traffic"
 
     # 2. The master's host loses its public link. keepalived there goes to FAULT; the other
-    # one misses three adverts and takes over.
+    # one (restarted: no state) misses three adverts and takes over.
+    assert active_states(pair, "gw-a") == 0
     pulled = time.time()
     pair.ip("gw-b", "link", "set", PUBLIC_IF, "down")
     flowing = ping.first_reply_after(pulled, timeout=30)
