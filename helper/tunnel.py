@@ -51,6 +51,7 @@ log = logging.getLogger("m6t.helper")
 HISTORY = 50
 MTU_PROBE_WAIT = 1.5
 OLD_SOCKET_GRACE = 1.0  # the pump thread may still poll the old socket for a moment
+SETUP_ACTIONS = (s.UseAddress, s.ApplyMtu)  # what fails when the system refuses a tunnel
 
 
 class HelperContext(Protocol):
@@ -205,8 +206,10 @@ class Tunnel:
     def _step(self, decide: Callable[[float], list[s.Action]]) -> None:
         """Let the session decide, then carry out its actions in order. An event that arrives
         while actions run (a send that fails, say) waits its turn: the session never sees two
-        things at once. An action that fails ends its batch (a tunnel whose address could not
-        be set up must not be announced connected) and becomes SetupFailed."""
+        things at once. A failed set-up (the interface, its address or MTU) ends its batch (a
+        tunnel whose address could not be set up must not be announced connected) and becomes
+        SetupFailed; any other action that fails is a bug, logged, and the batch goes on, so
+        that no failure can feed itself through the session forever."""
         self._work.append(decide)
         if self._busy:
             return
@@ -218,8 +221,10 @@ class Tunnel:
                         self._carry_out(action)
                     except Exception as exc:
                         log.exception("%s: %s failed", self.name, type(action).__name__)
-                        self._work.append(partial(self.session.handle, s.SetupFailed(str(exc))))
-                        break
+                        if isinstance(action, SETUP_ACTIONS):
+                            self._work.append(partial(self.session.handle,
+                                                      s.SetupFailed(str(exc))))
+                            break
         finally:
             self._busy = False
         self._arm_timer()
@@ -263,10 +268,12 @@ class Tunnel:
                 self.since = time.time()
                 log.info("%s (%s): %s, %s%s", self.name, self.profile.name, state, cause,
                          f" ({message})" if message else "")
-                self.context.publish(StateEvent(
-                    tunnel=self.name, profile=self.profile.name, state=state, cause=cause,
-                    status=self.status(), message=message))
-                self._settle_outcomes()
+                try:
+                    self.context.publish(StateEvent(
+                        tunnel=self.name, profile=self.profile.name, state=state, cause=cause,
+                        status=self.status(), message=message))
+                finally:
+                    self._settle_outcomes()  # a caller waiting for this outcome is answered
             case s.Remember(network, gateway, port, mtu):
                 self.context.memory.remember(network, self.network_label or network,
                                              self.profile.name, port, mtu, gateway)

@@ -223,3 +223,24 @@ def test_a_captive_portal_is_said_and_the_tunnel_comes_after_the_login(
                "the tunnel after the login", timeout=10)
     assert status(world).portal_url is None
     world.ping()
+
+
+def test_a_failing_status_is_logged_and_never_loops(world: HelperWorld,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A bug that makes every state announcement fail (seen once: status() raising) must not
+    turn into an endless chain of set-up failures that spins the helper's loop."""
+    from m6t_helper.tunnel import Tunnel
+
+    def broken(self: Tunnel) -> TunnelStatus:
+        raise AttributeError("status is broken")
+
+    monkeypatch.setattr(Tunnel, "status", broken)
+    with caplog.at_level(logging.CRITICAL, logger="m6t"):
+        with HelperClient(world.socket_path) as client:
+            client.call("version")  # the control loop answers
+            with pytest.raises(Exception, match="status is broken"):
+                client.call("connect", profile=world.profile())
+        monkeypatch.undo()
+        wait_until(lambda: status(world).state == TunnelState.CONNECTED, "the tunnel, still up")
+    world.ping()
