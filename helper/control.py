@@ -108,8 +108,12 @@ class ControlServer:
 
     async def start(self) -> None:
         self._claim_path()
-        self._server = await asyncio.start_unix_server(self._serve, self.path,
-                                                       limit=MAX_LINE_BYTES * 2)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, self.path,
+                                                           limit=MAX_LINE_BYTES * 2)
+        except OSError as exc:  # a read-only or full file system: say where
+            raise OSError(exc.errno, f"cannot create the control socket {self.path}: "
+                                     f"{exc.strerror}") from None
         self._set_permissions()
 
     def _claim_path(self) -> None:
