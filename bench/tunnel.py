@@ -27,9 +27,10 @@ of the same invocation, since this VM's speed drifts by a third from hour to hou
 
 --variants: then, for each M6T_OFFLOADS value given (m6t.linux.offload: `off` is every offload
 but UDP GSO, `-udp_gro` everything but UDP GRO, `+tun_tso` with TSO reads, ...; `txqueuelen=N`
-in the list sets both TUN devices' queue, 1000 by default, 500 before), m6t-gateway and
-m6t-helper are restarted with it and the same tests run again, alternating with direct-nogso:
-what each technique buys, measured against a ceiling of the same minutes.
+in the list sets both TUN devices' queue, 1000 by default, 500 before), the same tests run
+again, interleaved: for each test, direct-nogso, then m6t with the defaults and with each
+variant in turn (m6t-gateway and m6t-helper restarted between them), so that what each
+technique buys is measured against a ceiling of the same minute.
 
 --strict-wire: also turn tx-udp-segmentation off on every veth. By default a veth passes a UDP
 GSO message on whole (as it passes a TCP super-packet only with TSO on): it crosses the NAT as
@@ -546,32 +547,74 @@ def summarize(tests: tuple[Test, ...], results: dict[str, dict[str, list[Run]]],
     return summary
 
 
-def run_block(lab: Lab, tests: tuple[Test, ...], modes: list[tuple[str, str, bool]],
-              seconds: float, repeat: int, out: Any) -> dict[str, dict[str, list[Run]]]:
-    """Every test, `repeat` times, the modes alternating test by test."""
+def cpu_meter(lab: Lab) -> CpuMeter:
+    """A meter for the daemons running now (their pids change when they are restarted)."""
     pids = {"helper": real_pid(lab.helper_process.pid),
             "gateway": real_pid(lab.gateway_process.pid)}
-    meter = CpuMeter(pids, {os.stat(f"/run/netns/{name}").st_ino for name in lab.ns.values()})
+    return CpuMeter(pids, {os.stat(f"/run/netns/{name}").st_ino for name in lab.ns.values()})
 
-    def forwarded() -> dict[str, int]:
+
+def forwarded(lab: Lab) -> Counter:
+    def count() -> dict[str, int]:
         status, metrics = helper_status(lab), lab.metrics(check=False) or {}
         return {"helper": status.tx_packets + status.rx_packets if status else 0,
                 "gateway": int(sum(v for k, v in metrics.items()
                                    if k.startswith("m6t_gateway_packets_total")))}
+    return count
 
+
+def one_run(lab: Lab, test: Test, mode: str, target: str, ipv6: bool, seconds: float,
+            meter: CpuMeter, note: str, out: Any) -> Run:
+    tunnel = mode not in (DIRECT, BARE)
+    with meter.measure(forwarded(lab) if tunnel else None) as cpu:
+        run = test.measure(lab, target, ipv6, seconds)
+    run.cpu = cpu
+    print(f"  [{note}] {test.title:<22} {label(mode):<14} {show(test, run.value)}  "
+          f"{detail_text(test, run)}; {cpu_text(run)}", file=out, flush=True)
+    return run
+
+
+def run_block(lab: Lab, tests: tuple[Test, ...], modes: list[tuple[str, str, bool]],
+              seconds: float, repeat: int, out: Any) -> dict[str, dict[str, list[Run]]]:
+    """Every test, `repeat` times, the modes alternating test by test."""
+    meter = cpu_meter(lab)
     results: dict[str, dict[str, list[Run]]] = {t.key: {m: [] for m, _, _ in modes}
                                                 for t in tests}
     for rep in range(repeat):
         for test in tests:
             for mode, target, ipv6 in modes:
-                tunnel = mode not in (DIRECT, BARE)
-                with meter.measure(forwarded if tunnel else None) as cpu:
-                    run = test.measure(lab, target, ipv6, seconds)
-                run.cpu = cpu
-                results[test.key][mode].append(run)
-                print(f"  [{rep + 1}/{repeat}] {test.title:<22} {label(mode):<14} "
-                      f"{show(test, run.value)}  {detail_text(test, run)}; {cpu_text(run)}",
-                      file=out, flush=True)
+                results[test.key][mode].append(one_run(lab, test, mode, target, ipv6, seconds,
+                                                       meter, f"{rep + 1}/{repeat}", out))
+    return results
+
+
+def run_interleaved(lab: Lab, tests: tuple[Test, ...], variants: list[str], seconds: float,
+                    repeat: int, offloads: dict[str, Any], out: Any
+                    ) -> dict[str, dict[str, list[Run]]]:
+    """Every test, `repeat` times: direct-nogso, then m6t with its default offloads and with
+    each variant, the daemons restarted between them, so that configurations are compared
+    within the same minute (this VM's speed drifts more than most techniques are worth)."""
+    a = lab.addr
+    settings: dict[str, str | None] = {MAIN: None, **{f"m6t[{v}]": v for v in variants}}
+    results: dict[str, dict[str, list[Run]]] = {
+        t.key: {m: [] for m in (DIRECT, *settings)} for t in tests}
+    running = MAIN
+    meter = cpu_meter(lab)
+    for rep in range(repeat):
+        for test in tests:
+            note = f"{rep + 1}/{repeat}"
+            results[test.key][DIRECT].append(one_run(lab, test, DIRECT, a.gw_wan, False,
+                                                     seconds, meter, note, out))
+            for mode, setting in settings.items():
+                if mode != running:
+                    stop_m6t(lab)
+                    start_m6t(lab, setting)
+                    warm_up(lab, [(mode, a.home_agent, True)])
+                    running = mode
+                    meter = cpu_meter(lab)
+                    offloads.setdefault(mode, offload_state(lab))
+                results[test.key][mode].append(one_run(lab, test, mode, a.home_agent, True,
+                                                       seconds, meter, note, out))
     return results
 
 
@@ -616,26 +659,17 @@ def measure(lab: Lab, tests: tuple[Test, ...], seconds: float, repeat: int, bare
           f"{ {k: v for k, v in offloads[MAIN]['gateway'].items() if 'super' in k} }", file=out)
     blocks: dict[str, Any] = {}
     all_runs: dict[str, Any] = {MAIN: results}
-    for variant in variants:
-        mode = f"m6t[{variant}]"
-        print(f"\n--- {mode}: m6t-gateway and m6t-helper restarted with M6T_OFFLOADS={variant}",
-              file=out)
-        stop_m6t(lab)
-        start_m6t(lab, variant)
-        block_modes = [direct, (mode, a.home_agent, True)]
-        warm_up(lab, block_modes)
-        offloads[mode] = offload_state(lab)
-        print(f"offloads: helper {offloads[mode]['helper']}, "
-              f"gateway {offloads[mode]['gateway']['on']}", file=out)
-        block = run_block(lab, tests, block_modes, seconds, repeat, out)
-        if bare:  # the bare forwarder of the main block, for the RTT target
-            for test in tests:
-                block[test.key][BARE] = results[test.key][BARE]
-        print(file=out)
-        blocks[mode] = summarize(tests, block, mode, out)
-        all_runs[mode] = block
     if variants:
-        print_techniques(tests, summary, blocks, out)
+        print(f"\n--- variants, interleaved with m6t and direct-nogso test by test (daemons "
+              f"restarted with each M6T_OFFLOADS): {', '.join(variants)}", file=out)
+        interleaved = run_interleaved(lab, tests, variants, seconds, repeat, offloads, out)
+        for mode in (MAIN, *(f"m6t[{v}]" for v in variants)):
+            view = {t.key: {DIRECT: interleaved[t.key][DIRECT], mode: interleaved[t.key][mode],
+                            **({BARE: results[t.key][BARE]} if bare else {})} for t in tests}
+            print(file=out)
+            blocks[mode] = summarize(tests, view, mode, out)
+        all_runs["interleaved"] = interleaved
+        print_techniques(tests, blocks, out)
     return {
         "summary": summary,
         "variants": blocks,
@@ -650,14 +684,13 @@ def measure(lab: Lab, tests: tuple[Test, ...], seconds: float, repeat: int, bare
     }
 
 
-def print_techniques(tests: tuple[Test, ...], summary: dict[str, Any],
-                     blocks: dict[str, Any], out: Any) -> None:
+def print_techniques(tests: tuple[Test, ...], blocks: dict[str, Any], out: Any) -> None:
     """One line per configuration: each test's ratio to direct-nogso (ping: ms added) and the
     daemons' CPU per packet, so that what each technique buys reads down a column."""
-    print("\nwhat each configuration gets (ratio to direct-nogso of its own block; ping: ms "
-          "added; CPU: helper/gateway us per packet)", file=out)
-    print(f"{'configuration':<26}" + "".join(f"{t.key:>18}" for t in tests), file=out)
-    for name, block in {MAIN: summary, **blocks}.items():
+    print("\nwhat each configuration gets (interleaved; ratio to direct-nogso; ping: ms added; "
+          "CPU: helper/gateway us per packet)", file=out)
+    print(f"{'configuration':<40}" + "".join(f"{t.key:>18}" for t in tests), file=out)
+    for name, block in blocks.items():
         cells = []
         for test in tests:
             entry = block[test.key]
@@ -667,7 +700,7 @@ def print_techniques(tests: tuple[Test, ...], summary: dict[str, Any],
             helper = "-" if cpu["helper_us"] is None else f"{cpu['helper_us']:.1f}"
             gateway = "-" if cpu["gateway_us"] is None else f"{cpu['gateway_us']:.1f}"
             cells.append(f"{figure} {helper}/{gateway}" if test.key != "ping" else figure)
-        print(f"{name:<26}" + "".join(f"{c:>18}" for c in cells), file=out)
+        print(f"{name:<40}" + "".join(f"{c:>18}" for c in cells), file=out)
 
 
 def _terminate(signum: int, _frame: object) -> None:
