@@ -23,6 +23,7 @@ the first read of a batch goes out at once: a ping never waits for bulk traffic.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import select
@@ -256,6 +257,7 @@ class Pump:
         gro = self._gro
         coalescer = self._coalescer
         vnet_header, writev = self._vnet_header, self.tun.writev
+        startswith, repeat = bytes.startswith, itertools.repeat
         packets = octets = 0
         budget = BATCH
         first = True
@@ -282,10 +284,28 @@ class Pump:
                 budget -= 1
                 continue
             budget -= len(datagrams)
+            count = len(datagrams)
             # A lone datagram (a ping, an ACK) goes straight to the device: the coalescer would
             # only add its bookkeeping to the latency.
-            coalesce = coalescer is not None and not (first and len(datagrams) == 1)
-            for data in datagrams:
+            coalesce = coalescer is not None and not (first and count == 1)
+            # A stretch of datagrams of the last one's size that all start with its first 41
+            # bytes (the rest of a GRO receive, usually) is for the TUN and is coalesced a
+            # column at a time; one failed try and the rest goes packet by packet.
+            stretches = coalesce and count > 2
+            at = 0
+            while at < count:
+                if stretches and len(datagrams[at]) == same_size:
+                    end = count if len(datagrams[-1]) == same_size else count - 1
+                    stretch = datagrams[at:end]
+                    if len(stretch) > 1 and all(map(startswith, stretch, repeat(same_head))):
+                        coalescer.add_many(stretch)  # type: ignore[union-attr]
+                        packets += len(stretch)
+                        octets += same_size * len(stretch)
+                        at = end
+                        continue
+                    stretches = False
+                data = datagrams[at]
+                at += 1
                 if data.startswith(same_head) and len(data) == same_size:
                     kind: Inbound | DropReason = Inbound.TO_TUN
                 elif (data.startswith(address, 24) and len(data) > IPV6_HEADER_LENGTH

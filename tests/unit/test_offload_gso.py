@@ -471,3 +471,75 @@ def test_coalesce_then_segment_gives_back_the_packets(packets: list[bytes],
         if header.gso_type == GSO_TCPV6 and local_delivery:
             assert transport_checksum_ok(packet)
         assert (packet[4] << 8 | packet[5]) + 40 == len(packet)
+
+
+@given(traffic(), st.booleans(), st.sampled_from([2, 16]), st.integers(0, 3))
+@bounded(max_examples=300)
+def test_add_many_is_add_one_by_one(packets: list[bytes], local_delivery: bool, max_flows: int,
+                                    split: int) -> None:
+    """The column-at-a-time path gives exactly the writes of the packet-at-a-time one, however
+    the packets are cut into calls."""
+    one, many = (Coalescer(udp=True, local_delivery=local_delivery, max_flows=max_flows)
+                 for _ in range(2))
+    one.add_all(packets)
+    step = max(1, len(packets) // (split + 1))
+    for start in range(0, len(packets), step):
+        many.add_many(packets[start:start + step])
+    assert many.flush() == one.flush()
+
+
+def test_add_many_takes_a_run_whole_and_stops_at_what_does_not_fit() -> None:
+    packets = stream(0, [1000] * 30)
+    coalescer = Coalescer()
+    coalescer.add_many(packets)
+    assert resegment(coalescer.flush()) == packets
+    retransmit = tcp(3000, data(1000, 3000))
+    mixed = [*packets[:10], retransmit, *packets[10:20]]
+    one, many = Coalescer(), Coalescer()
+    one.add_all(mixed)
+    many.add_many(mixed)
+    assert many.flush() == one.flush()
+    datagrams = [udp(data(64, i)) for i in range(40)]
+    datagrams[20] = udp(data(64, 20), zero_checksum=True)
+    one, many = Coalescer(udp=True), Coalescer(udp=True)
+    one.add_all(datagrams)
+    many.add_many(datagrams)
+    assert many.flush() == one.flush()
+
+
+@st.composite
+def gro_batches(draw: st.DrawFn) -> list[bytes]:
+    """What one GRO receive brings, mostly: the next segments of one flow, all of one size,
+    with now and then something else in the middle (a retransmission, new options, a push,
+    another flow, a zero-checksum or shorter datagram)."""
+    udp_flow = draw(st.booleans())
+    seq = draw(st.sampled_from([0, 0xFFFFFFFF - 5000, 123456]))
+    packets: list[bytes] = []
+    for i in range(draw(st.integers(2, 70))):
+        anomaly = draw(st.sampled_from([None] * 12 + ["retransmit", "options", "push",
+                                                     "other", "short", "zero"]))
+        if udp_flow:
+            packets.append(udp(data(64 if anomaly != "short" else 20, i),
+                               zero_checksum=anomaly == "zero"))
+            continue
+        size = 500 if anomaly == "short" else 1000
+        if anomaly == "retransmit":
+            packets.append(tcp(seq - 1000, data(1000, i)))
+            continue
+        options = bytes.fromhex("0101080a000003e9000007d0") if anomaly == "options" \
+            else TIMESTAMPS
+        flags = ACK | PSH if anomaly == "push" else ACK
+        ports = (40001, 5201) if anomaly == "other" else (40000, 5201)
+        packets.append(tcp(seq, data(size, i), flags, options=options, ports=ports))
+        seq = (seq + size) & 0xFFFFFFFF
+    return packets
+
+
+@given(gro_batches(), st.booleans())
+@bounded(max_examples=300)
+def test_add_many_on_gro_like_batches(packets: list[bytes], local_delivery: bool) -> None:
+    one = Coalescer(udp=True, local_delivery=local_delivery)
+    many = Coalescer(udp=True, local_delivery=local_delivery)
+    one.add_all(packets)
+    many.add_many(packets)
+    assert many.flush() == one.flush()
