@@ -103,6 +103,8 @@ def _id_of(bits: int) -> Callable[[str], int]:
 def _add_profile_options(parser: argparse.ArgumentParser, adhoc: bool) -> None:
     group = parser.add_argument_group("profile options" if not adhoc else "ad hoc profile")
     group.add_argument("--gateway", metavar="ADDR", help="the gateway: IPv4 address or host name")
+    group.add_argument("--more-gateway", dest="more_gateways", metavar="ADDR", action="append",
+                       help="another gateway raced with --gateway on every port (repeat)")
     group.add_argument("--port", dest="ports", metavar="P", type=_ports, action="extend",
                        help="UDP port, tried in parallel with the others (repeat, or 3544,4500)")
     group.add_argument("--prefix", metavar="PFX/80", help="this client's /80 (m6t prefix new)")

@@ -42,8 +42,10 @@ OPTION_OF_FIELD = {
     "keepalive": "--keepalive",
     "routes": "--routes",
     "auto_connect": "--auto-connect",
+    "more_gateways": "--more-gateway",
 }
-PROFILE_OPTIONS = ("gateway", "ports", "prefix", "home_agent", "mtu", "keepalive", "routes")
+PROFILE_OPTIONS = ("gateway", "ports", "prefix", "home_agent", "mtu", "keepalive", "routes",
+                   "more_gateways")
 
 
 # --- profiles from the file or from options ---
@@ -99,6 +101,8 @@ def profile_from_options(args: argparse.Namespace, name: str, name_option: str) 
         data["keepalive"] = args.keepalive
     if args.routes is not None:
         data["routes"] = routes_option(args.routes)
+    if args.more_gateways is not None:
+        data["more_gateways"] = args.more_gateways
     if getattr(args, "auto_connect", False):
         data["auto_connect"] = True
     try:

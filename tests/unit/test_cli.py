@@ -1247,3 +1247,13 @@ def test_profiles_file_written_by_the_cli_is_private(
         book_path: Path, m6t: Callable[..., Run]) -> None:
     m6t("profiles", "add", "office", *OFFICE_OPTIONS)
     assert stat.S_IMODE(book_path.stat().st_mode) == 0o600
+
+
+def test_a_profile_may_list_more_gateways(helper: FakeHelper, m6t: Callable[..., Run]) -> None:
+    run = m6t("connect", *OFFICE_OPTIONS, "--more-gateway", "198.51.100.2",
+              "--more-gateway", "gw2.example.net")
+    assert run.code == 0, run.err
+    assert helper.calls[-1][1]["profile"]["more_gateways"] == ["198.51.100.2", "gw2.example.net"]
+    run = m6t("connect", *OFFICE_OPTIONS, "--more-gateway", "198.51.100.1")
+    assert (run.code, run.error) == (
+        2, "m6t: invalid --more-gateway: each gateway once (and not `gateway` again)")
