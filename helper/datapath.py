@@ -289,8 +289,9 @@ class Pump:
             # only add its bookkeeping to the latency.
             coalesce = coalescer is not None and not (first and count == 1)
             # A stretch of datagrams of the last one's size that all start with its first 41
-            # bytes (the rest of a GRO receive, usually) is for the TUN and is coalesced a
-            # column at a time; one failed try and the rest goes packet by packet.
+            # bytes (the rest of a GRO receive, usually) is for the TUN: recognised in one pass
+            # in C and handed to the coalescer whole; one failed try and the rest goes packet
+            # by packet.
             stretches = coalesce and count > 2
             at = 0
             while at < count:
@@ -298,7 +299,7 @@ class Pump:
                     end = count if len(datagrams[-1]) == same_size else count - 1
                     stretch = datagrams[at:end]
                     if len(stretch) > 1 and all(map(startswith, stretch, repeat(same_head))):
-                        coalescer.add_many(stretch)  # type: ignore[union-attr]
+                        coalescer.add_all(stretch)  # type: ignore[union-attr]
                         packets += len(stretch)
                         octets += same_size * len(stretch)
                         at = end

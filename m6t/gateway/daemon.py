@@ -400,7 +400,7 @@ class GatewayDaemon:
         # super-packets of runs of one flow (each packet checked by the core first, alone).
         tun_write = self.tun.write
         add = tun_write if coalescer is None else coalescer.add
-        add_many = None if coalescer is None else coalescer.add_many
+        add_stretch = None if coalescer is None else coalescer.add_all
         startswith, repeat = bytes.startswith, itertools.repeat
         peers = self._peers[index]
         # Within a batch, a packet from the sender of a packet the core forwarded, with the same
@@ -440,16 +440,16 @@ class GatewayDaemon:
             deliver = tun_write if first and count == 1 else add
             same_sender = address == flow_sender
             # A stretch of datagrams of the flow's size that all start with its first 40 bytes
-            # (the rest of a GRO receive, usually) is forwarded and coalesced a column at a
-            # time; one failed try and the rest of the receive goes packet by packet.
-            stretches = add_many is not None and count > 2
+            # (the rest of a GRO receive, usually) is recognised in one pass in C and handed to
+            # the coalescer whole; one failed try and the rest goes packet by packet.
+            stretches = add_stretch is not None and count > 2
             at = 0
             while at < count:
                 if stretches and same_sender and len(datagrams[at]) == flow_size:
                     end = count if len(datagrams[-1]) == flow_size else count - 1
                     stretch = datagrams[at:end]
                     if len(stretch) > 1 and all(map(startswith, stretch, repeat(flow_head))):
-                        add_many(stretch)  # type: ignore[misc]
+                        add_stretch(stretch)  # type: ignore[misc]
                         packets += len(stretch)
                         octets += flow_size * len(stretch)
                         at = end

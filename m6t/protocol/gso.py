@@ -38,9 +38,8 @@ everything else a packet costs here). It writes either
 from __future__ import annotations
 
 import itertools
-import operator
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -84,9 +83,6 @@ _TCP_FIELDS = struct.Struct("!I4xBB").unpack_from  # sequence number, data offse
 _SEQUENCE = struct.Struct("!I").unpack_from
 _SEQUENCE_AND_CHECK = struct.Struct("!HH8xH").unpack_from  # at 44: seq (two words), checksum
 _AT_44 = itertools.repeat(44)
-_TCP_SEQUENCE = operator.itemgetter(slice(44, 48))
-_UDP_CHECKSUM = operator.itemgetter(slice(46, 48))
-_ZERO_CHECKSUM = b"\0\0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,52 +367,9 @@ class Coalescer:
         self._out.append([PLAIN_HEADER, packet])
 
     def add_all(self, packets: Iterable[bytes]) -> None:
+        """`add` each of `packets`, in order."""
         for packet in packets:
             self.add(packet)
-
-    def add_many(self, packets: Sequence[bytes]) -> None:
-        """`packets`, in order: the same as add() for each, but a stretch that continues the
-        current run is checked a whole column at a time (C loops over the list instead of a
-        Python loop per packet): one UDP GRO receive is such a stretch, usually."""
-        index, count = 0, len(packets)
-        tried = False
-        while index < count:
-            run = self._last
-            if not tried and run is not None and len(packets[index]) == run.size:
-                take = packets[index:index + min(count - index, run.limit - len(run.packets))]
-                if len(take) > 1:
-                    if self._continues(run, take):
-                        run.packets.extend(take)
-                        run.payload += run.gso * len(take)
-                        if run.tcp:
-                            run.next_seq = (run.next_seq + run.gso * len(take)) & 0xFFFFFFFF
-                        index += len(take)
-                        continue
-                    tried = True  # the rest one by one: a failed try is not repeated
-            self.add(packets[index])
-            index += 1
-
-    @staticmethod
-    def _continues(run: _Run, packets: Sequence[bytes]) -> bool:
-        """Whether each of `packets` (all of the run's size) is the next full-size segment of
-        `run`, as add() would find one by one."""
-        startswith = bytes.startswith
-        if not all(map(startswith, packets, itertools.repeat(run.prefix))):
-            return False
-        if not run.tcp:
-            return _ZERO_CHECKSUM not in list(map(_UDP_CHECKSUM, packets))
-        if not (all(map(startswith, packets, itertools.repeat(run.middle),
-                        itertools.repeat(48)))
-                and all(map(startswith, packets, itertools.repeat(run.options),
-                            itertools.repeat(58)))):
-            return False
-        sequences = struct.unpack(f"!{len(packets)}I", b"".join(map(_TCP_SEQUENCE, packets)))
-        start, step = run.next_seq, run.gso
-        end = start + step * len(packets)
-        expected = range(start, end, step)
-        if end > 0xFFFFFFFF:
-            return list(sequences) == [value & 0xFFFFFFFF for value in expected]
-        return sequences == tuple(expected)
 
     def _add_tcp(self, packet: bytes, size: int) -> None:
         key = packet[8:44]
