@@ -16,7 +16,7 @@ from PySide6.QtGui import QColor, QFont
 
 from m6t.control.schema import KnownNetwork, MtuReport, PortProbe
 from m6t_desktop.table_models import ROOT, HeaderedTable, Index
-from m6t_desktop.wording import NO_VALUE, age_text, fragments_text, port_probe_text, rtt_text
+from m6t_desktop.wording import NO_VALUE, ago_text, fragments_text, port_probe_text, rtt_text
 
 
 @dataclass
@@ -144,7 +144,7 @@ class KnownNetworksModel(HeaderedTable):
             if column == 4:
                 return fragments_text(network.fragments_pass)
             return "now, in use" if network.current \
-                else age_text(self.clock() - network.last_seen)
+                else ago_text(self.clock() - network.last_seen, round_hours=True)
         if role == Qt.ItemDataRole.ToolTipRole:
             if column == 0:
                 return f"{network.label}\nID {network.id}" + (

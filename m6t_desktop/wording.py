@@ -187,27 +187,17 @@ def port_probe_text(probe: PortProbe) -> str:
     return "blocked" + (f" ({probe.error})" if probe.error else "")
 
 
-def ago_text(seconds: float) -> str:
-    """How long ago, roughly ("just now", "5 min ago", "3 h 10 min ago", "4 days ago")."""
+def ago_text(seconds: float, round_hours: bool = False) -> str:
+    """How long ago, roughly ("just now", "5 min ago", "3 h 10 min ago", "4 days ago");
+    with `round_hours`, whole hours for a list ("26 h ago")."""
     minutes = max(0, int(seconds) // 60)
     if minutes < 1:
         return "just now"
     if minutes < 60:
         return f"{minutes} min ago"
     if minutes < 48 * 60:
-        return f"{minutes // 60} h {minutes % 60} min ago"
-    return f"{minutes // (24 * 60)} days ago"
-
-
-def age_text(seconds: float) -> str:
-    """How long ago, in round units for a list ("5 min ago", "26 h ago", "4 days ago")."""
-    minutes = max(0, int(seconds) // 60)
-    if minutes < 1:
-        return "just now"
-    if minutes < 60:
-        return f"{minutes} min ago"
-    if minutes < 48 * 60:
-        return f"{minutes // 60} h ago"
+        return f"{minutes // 60} h ago" if round_hours \
+            else f"{minutes // 60} h {minutes % 60} min ago"
     return f"{minutes // (24 * 60)} days ago"
 
 
