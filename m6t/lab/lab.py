@@ -147,13 +147,14 @@ class Lab:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def build(self) -> None:
+    def create_namespaces(self) -> None:
+        """One namespace per role (ROLES), recorded for close(), loopback up, no DAD; what
+        every lab's build starts with."""
         missing = missing_tools()
         if missing:
             raise LabError(f"missing tools: {', '.join(missing)} (run make setup)")
         if os.geteuid() != 0:
             raise LabError("the lab needs root (network namespaces, veth, nftables)")
-        a = self.addr
         for role in self.ROLES:
             subprocess.run(["ip", "netns", "add", self.ns[role]], check=True, capture_output=True)
             self._created.append(self.ns[role])
@@ -162,6 +163,10 @@ class Lab:
             self.run(role, ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
                             "net.ipv6.conf.default.accept_dad=0"])
             self.ip(role, "link", "set", "lo", "up")
+
+    def build(self) -> None:
+        self.create_namespaces()
+        a = self.addr
         # veth pairs are born inside their namespaces: the host namespace never sees them.
         self.ip("mn", "link", "add", "eth0", "type", "veth", "peer", "name", "lan",
                 "netns", self.ns["nat"])

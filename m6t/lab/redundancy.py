@@ -72,18 +72,8 @@ class GatewayPairLab(Lab):
     # --- building ---
 
     def build(self) -> None:
-        missing = missing_tools()
-        if missing:
-            raise LabError(f"missing tools: {', '.join(missing)} (run make setup)")
-        if os.geteuid() != 0:
-            raise LabError("the lab needs root (network namespaces, veth, nftables)")
+        self.create_namespaces()
         a = self.addr
-        for role in self.ROLES:
-            subprocess.run(["ip", "netns", "add", self.ns[role]], check=True, capture_output=True)
-            self._created.append(self.ns[role])
-            self.run(role, ["sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
-                            "net.ipv6.conf.default.accept_dad=0"])
-            self.ip(role, "link", "set", "lo", "up")
         # The two LANs are bridges (no multicast snooping: nothing there queries MLD, and
         # VRRP adverts and neighbour discovery must reach every port).
         self.ip("nat", "link", "add", "wan", "type", "bridge", "mcast_snooping", "0")
