@@ -6,7 +6,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-unit test-netns test-packaging lint demo bench deb clean
+.PHONY: setup test test-unit test-netns test-packaging test-fuzz lint demo bench deb clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ test-unit: setup
 
 test-netns: setup
 	M6T_REQUIRE_NETNS=1 $(PY) -m pytest -q tests/netns
+
+# Hypothesis with 40 times the examples of `make test` (a few minutes): before a change to a
+# parser or the gateway's core lands. Random seeds: a failure prints its reproduction.
+test-fuzz: setup
+	M6T_FUZZ_SCALE=40 $(PY) -m pytest -q tests/fuzz tests/unit/test_properties.py
 
 lint: setup
 	$(VENV)/bin/ruff check m6t helper m6t_desktop tests bench packaging/debtool.py

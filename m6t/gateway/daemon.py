@@ -286,7 +286,7 @@ class GatewayDaemon:
                 self._gro.append(enable_udp_gro(sock, self._wanted, self.offload,
                                                 f"{endpoint[0]}:{endpoint[1]}"))
                 self._register(len(self.listeners) - 1, sock)
-        self.gateway.apply_policy(new.policy)
+        self.gateway.apply_policy(new.policy, time.monotonic())
         self.config = GatewayConfig(tuple(listen), self.config.tun, self.config.metrics_listen,
                                     new.log_level, new.policy)
         logging.getLogger("m6t").setLevel(new.log_level.upper())

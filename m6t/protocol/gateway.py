@@ -198,11 +198,26 @@ class Gateway:
         self._ticks: list[int] = []
         self._client_mtu: dict[Peer, int] = {}
         self._next_trim = 0.0
-        self.apply_policy(policy)
+        self._adopt(policy)
 
-    def apply_policy(self, policy: GatewayPolicy) -> None:
+    def apply_policy(self, policy: GatewayPolicy, now: float) -> None:
         """Adopt a new policy (SIGHUP). Existing states stay; lifetimes apply from their next
-        refresh, and states outside a narrowed prefix age out without being refreshed."""
+        refresh, and states outside a narrowed prefix age out without being refreshed.
+
+        The expiry wheel only ever learns of deadlines moving later (see `expire`). A shorter
+        lifetime would let a refresh move one earlier than the tick its state is filed under,
+        and the state would outlive its lifetime; so every state is filed again, no later than
+        `now` plus the new active lifetime, which no refresh from now on can undercut.
+        """
+        self._adopt(policy)
+        latest = now + policy.active_lifetime
+        self._wheel.clear()
+        self._ticks.clear()
+        for table in (self._active, self._temporary):
+            for address, state in table.items():
+                self._file(address, min(state.expires_at, latest))
+
+    def _adopt(self, policy: GatewayPolicy) -> None:
         self.policy = policy
         self._active_lifetime = policy.active_lifetime  # read per packet: one lookup, not two
         prefix = policy.client_prefix
@@ -347,7 +362,7 @@ class Gateway:
     def lower_client_mtu(self, peer: Peer, ipv4_path_mtu: int) -> int | None:
         """An ICMPv4 "fragmentation needed" said the IPv4 path to `peer` carries `ipv4_path_mtu`.
         Returns the client's new tunnel MTU if it went down, else None."""
-        current = self._client_mtu.get(peer, self.policy.mtu)
+        current = self.client_mtu(peer)
         lowered = max(IPV6_MINIMUM_MTU, ipv4_path_mtu - ENCAPSULATION_OVERHEAD)
         if lowered >= current:
             return None

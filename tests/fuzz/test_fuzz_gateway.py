@@ -221,7 +221,7 @@ class GatewayMachine(RuleBasedStateMachine):
     @rule(new=st.sampled_from(RELOADS))
     def reload(self, new: GatewayPolicy) -> None:
         before = self.table()
-        self.gateway.apply_policy(new)
+        self.gateway.apply_policy(new, self.now)
         assert self.table() == before  # states stay; new lifetimes apply from their next refresh
 
     @invariant()

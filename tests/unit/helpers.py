@@ -4,6 +4,7 @@ read them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 from hypothesis import HealthCheck, settings
@@ -11,8 +12,12 @@ from hypothesis import HealthCheck, settings
 
 def bounded(max_examples: int) -> settings:
     """Hypothesis settings for the unit suite: a fixed number of examples, no deadline (a busy
-    machine is slow, not wrong) and no example database (a run leaves nothing behind)."""
-    return settings(max_examples=max_examples, deadline=None, database=None,
+    machine is slow, not wrong) and no example database (a run leaves nothing behind).
+
+    `M6T_FUZZ_SCALE=N` multiplies the number of examples (`make fuzz` runs with 40): the long
+    run to do before a change to a parser or the gateway's core lands."""
+    scale = int(os.environ.get("M6T_FUZZ_SCALE", "1"))
+    return settings(max_examples=max_examples * scale, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 

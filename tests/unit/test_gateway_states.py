@@ -620,6 +620,31 @@ def test_expire_at_next_deadline_removes_the_state_that_is_due() -> None:
     assert view(gateway) is None
 
 
+def test_a_reload_with_a_shorter_lifetime_expires_states_on_time() -> None:
+    # Found by tests/fuzz: filed under the old lifetime (until 91), then SIGHUP shortens it to
+    # 3 s and a packet refreshes the state to 13; the wheel still held it under tick 91, so it
+    # outlived its lifetime by 78 s.
+    gateway = active_gateway()
+    assert gateway.expire(5.0) == 0  # re-filed from its temporary deadline to 91
+    gateway.apply_policy(GatewayPolicy(client_prefix=PREFIX, home_agents=frozenset({HOME_AGENT}),
+                                       temporary_lifetime=2.0, active_lifetime=3.0), 10.0)
+    assert gateway.receive_from_client(to_home(), PEER, 10.0) is FORWARD
+    deadline = gateway.next_deadline()
+    assert deadline is not None and deadline <= 13.0 + EXPIRY_TICK + 1e-9
+    assert gateway.expire(13.0 + EXPIRY_TICK) == 1
+    assert view(gateway) is None
+
+
+def test_a_reload_keeps_a_temporary_state_promoted_under_a_shorter_active_lifetime_on_time(
+        ) -> None:
+    gateway = make_gateway(temporary_lifetime=50.0)
+    assert gateway.receive_from_client(to_home(), PEER, 0.0) is FORWARD  # until 50
+    gateway.apply_policy(GatewayPolicy(client_prefix=PREFIX, home_agents=frozenset({HOME_AGENT}),
+                                       temporary_lifetime=2.0, active_lifetime=3.0), 1.0)
+    assert gateway.receive_from_home(from_home(), 1.0) == PEER  # active until 4
+    assert gateway.expire(4.0 + EXPIRY_TICK) == 1
+
+
 # --- MTU and Packet Too Big -------------------------------------------------------------------
 
 
@@ -678,6 +703,18 @@ def test_lower_client_mtu_then_packet_too_big_with_the_learnt_mtu() -> None:
     assert gateway.lower_client_mtu(PEER, 68) is None
     assert gateway.client_mtu(PEER) == IPV6_MINIMUM_MTU
     assert gateway.lower_client_mtu(OTHER_IPV4_SAME_PORT, 1500) is None
+
+
+def test_a_learnt_mtu_above_a_reloaded_lower_tunnel_mtu_does_not_count_as_lowered() -> None:
+    # Found by tests/fuzz: learnt 1402, then SIGHUP set mtu = 1400; an ICMP saying 1401 lowers
+    # nothing the gateway uses, so it must not be reported as a new MTU.
+    gateway = make_gateway(mtu=65507)
+    assert gateway.lower_client_mtu(PEER, 1430) == 1402
+    gateway.apply_policy(GatewayPolicy(client_prefix=PREFIX, home_agents=frozenset({HOME_AGENT}),
+                                       mtu=1400), 0.0)
+    assert gateway.client_mtu(PEER) == 1400
+    assert gateway.lower_client_mtu(PEER, 1429) is None
+    assert gateway.lower_client_mtu(PEER, 1420) == 1392 == gateway.client_mtu(PEER)
 
 
 def test_learnt_client_mtu_is_forgotten_with_the_state() -> None:
