@@ -14,7 +14,6 @@ import contextlib
 import errno
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import msgspec
 
 from m6t.control.schema import KnownNetwork
+from m6t.files import write_atomically
 from m6t.protocol.session import Remembered
 
 log = logging.getLogger("m6t.helper")
@@ -134,22 +134,9 @@ class NetworkMemory:
 
     def save(self) -> None:
         data = msgspec.json.encode(StateFile(networks=self._networks))
-        directory = self.path.parent
-        temporary: str | None = None
         try:
-            directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-            descriptor, temporary = tempfile.mkstemp(prefix=f".{FILE_NAME}.", dir=directory)
-            with os.fdopen(descriptor, "wb") as out:  # mkstemp: mode 0600, ours
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temporary, self.path)
-            temporary = None
-            directory_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(directory_fd)
-            finally:
-                os.close(directory_fd)
+            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            write_atomically(self.path, data)
         except OSError as exc:
             if self.saved or self.problem is None:  # say it once, not on every change
                 reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "read-only file system",
@@ -158,10 +145,6 @@ class NetworkMemory:
                 log.error("network memory: %s", self.problem)
             self.saved = False
             return
-        finally:
-            if temporary is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(temporary)
         if not self.saved:
             log.info("network memory: %s written again", self.path)
         self.saved, self.problem = True, None

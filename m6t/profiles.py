@@ -18,7 +18,6 @@ parse is reported and kept as it is: nothing is ever written over it.
 from __future__ import annotations
 
 import os
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import platformdirs
 import tomli_w
 
 from m6t.control.schema import Profile, ProfileError, profile_from_dict
+from m6t.files import write_atomically
 
 
 class ProfilesError(Exception):
@@ -140,20 +140,3 @@ def save(book: ProfileBook, path: Path | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, dump_profiles(book))
     return path
-
-
-def write_atomically(path: Path, text: str, mode: int = 0o600) -> None:
-    """A temporary file in the same directory, fsync, rename: readers see the old file or the
-    new one, never half of one. Mode 0600 by default: profiles are the user's own."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix,
-                                         dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from m6t.profiles import write_atomically
+from m6t.files import write_atomically
 from m6t_desktop.icons import resource_path
 
 ENTRY_NAME = "m6t-desktop.desktop"

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from m6t.profiles import ProfileBook, ProfilesError, dump_profiles, parse_profiles, write_atomically
+from m6t.files import write_atomically
+from m6t.profiles import ProfileBook, ProfilesError, dump_profiles, parse_profiles
 
 
 class ProfileFileError(Exception):
