@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", "-c", type=Path, required=True, help="TOML configuration")
     parser.add_argument("--check", action="store_true",
                         help="validate the configuration and exit (0 if valid)")
+    parser.add_argument("--runtime-dir", type=Path, default=Path("/run/m6t-gateway"),
+                        help="where the IPv6 forwarding sysctl's value from before start is "
+                             "noted, so that a gateway restarted after a crash still restores "
+                             "it (default: %(default)s; systemd's RuntimeDirectory)")
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="log every event (overrides log_level)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -40,13 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="m6t-gateway %(levelname)s %(message)s", stream=sys.stderr)
     logging.getLogger("m6t").setLevel(level)
 
-    from m6t.gateway.daemon import GatewayDaemon, check_privileges
+    from m6t.gateway.daemon import GatewayDaemon, GatewayIO, check_privileges
 
     problem = check_privileges()
     if problem:
         print(f"m6t-gateway: {problem}", file=sys.stderr)
         return 1
-    daemon = GatewayDaemon(config, args.config)
+    daemon = GatewayDaemon(config, args.config, GatewayIO(runtime_dir=args.runtime_dir))
     # Until the loop installs its own handlers, SIGTERM or SIGINT (systemctl stop while the
     # unit is still starting) ends set-up through the same undo path as a failure, instead of
     # killing the process with the TUN device, its route and the forwarding sysctl left behind.

@@ -25,10 +25,11 @@ from typing import Protocol
 from prometheus_client import start_http_server
 from prometheus_client.registry import CollectorRegistry
 
+from m6t.files import write_atomically
 from m6t.gateway.config import ConfigError, GatewayConfig, load_config
 from m6t.gateway.metrics import GatewayCollector, Snapshot
 from m6t.linux import systemd
-from m6t.linux.netlink import ChangeLog, Netlink, write_sysctl
+from m6t.linux.netlink import ChangeLog, Netlink, network_namespace_id, write_sysctl
 from m6t.linux.offload import (
     FEATURES,
     GRO_CONTROL_SPACE,
@@ -111,6 +112,9 @@ class GatewayIO:
     open_listener: Callable[[tuple[str, int]], socket.socket] = _open_listener  # UDP, bound
     open_icmp_listener: Callable[[], socket.socket] = open_fragmentation_needed_listener
     open_routing: Callable[[], Routing] = LinuxRouting
+    # Where the forwarding sysctl's value from before the first gateway of this namespace is
+    # noted (see GatewayDaemon._forwarding_before); None: not noted (tests with fakes).
+    runtime_dir: Path | None = None
 
 
 class GatewayDaemon:
@@ -174,10 +178,9 @@ class GatewayDaemon:
         self.routing.add_route(prefix, self.tun.name)
         self.changes.record(f"route {prefix}",
                             lambda: self.routing.delete_route(prefix, self.tun.name))
-        previous = self.routing.read_sysctl(_FORWARDING)
+        previous = self._forwarding_before()
         self.routing.write_sysctl(_FORWARDING, "1")
-        self.changes.record("restore forwarding",
-                            lambda: self.routing.write_sysctl(_FORWARDING, previous))
+        self.changes.record("restore forwarding", lambda: self._restore_forwarding(previous))
         self._open_listeners(config.listen)
         self.icmp = io.open_icmp_listener()
         self.changes.record("close ICMP listener", self.icmp.close)
@@ -194,6 +197,45 @@ class GatewayDaemon:
         on, off = self.offload.snapshot()
         log.info("offloads in use: %s%s", ", ".join(on) or "none",
                  "".join(f"; {feature} off: {why}" for feature, why in off.items()))
+
+    def _forwarding_before(self) -> str:
+        """The forwarding sysctl's value from before any gateway of this network namespace set
+        it. A gateway killed with SIGKILL cannot restore it, so the value is noted under the
+        runtime directory (one note per namespace) and the next gateway restores the noted
+        value, not the 1 the killed one left. A note is believed only while the sysctl is still
+        1: anything else means someone set it since."""
+        current = self.routing.read_sysctl(_FORWARDING)
+        note = self._forwarding_note
+        if note is None:
+            return current
+        try:
+            noted = note.read_text().strip()
+        except FileNotFoundError:
+            noted = ""
+        except OSError as exc:
+            log.warning("cannot read %s: %s", note, exc.strerror)
+            noted = ""
+        if noted.isdigit() and current == "1":
+            log.warning("IPv6 forwarding was %s before a gateway that stopped without restoring "
+                        "it (%s); restoring %s at stop", noted, note, noted)
+            return noted
+        try:
+            note.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            write_atomically(note, current + "\n", 0o644)
+        except OSError as exc:
+            log.warning("cannot note IPv6 forwarding=%s in %s (%s): if this gateway is killed, "
+                        "the next one will not know to restore it", current, note, exc.strerror)
+        return current
+
+    def _restore_forwarding(self, previous: str) -> None:
+        self.routing.write_sysctl(_FORWARDING, previous)
+        if self._forwarding_note is not None:
+            self._forwarding_note.unlink(missing_ok=True)
+
+    @property
+    def _forwarding_note(self) -> Path | None:
+        directory = self.io.runtime_dir
+        return None if directory is None else directory / f"forwarding.{network_namespace_id()}"
 
     def _use_tun_offloads(self) -> None:
         """Coalesce into the TUN device what it takes (per device: a fake or an old kernel

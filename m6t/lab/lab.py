@@ -285,11 +285,16 @@ table ip lab {{
         path.write_text(text)
         return path
 
+    def gateway_command(self, config: Path, namespace: str = "gw") -> list[str]:
+        """m6t-gateway with `config`; its note of the forwarding sysctl goes to the lab's own
+        directory (one per namespace), not the host's /run."""
+        return [sys.executable, "-m", "m6t.gateway", "--config", str(config),
+                "--runtime-dir", str(self.workdir / f"run-{namespace}")]
+
     def start_gateway(self, **overrides: Any) -> subprocess.Popen[bytes]:
         config = self.gateway_config(**overrides)
         path = self.write_toml("gateway.toml", config)
-        process = self.spawn("gw", [sys.executable, "-m", "m6t.gateway", "--config", str(path)],
-                             log_name="gateway")
+        process = self.spawn("gw", self.gateway_command(path), log_name="gateway")
         self.gateway_process = process
         wait_for(lambda: process.poll() is not None or self.metrics(check=False) is not None,
                  10, "m6t-gateway to come up")

@@ -112,7 +112,7 @@ class GatewayPairLab(Lab):
         """m6t-gateway in `role`'s namespace; its configuration file is gateway-ROLE.toml."""
         config = self.gateway_config(**overrides)
         path = self.write_toml(f"gateway-{role}.toml", config)
-        process = self.spawn(role, [sys.executable, "-m", "m6t.gateway", "--config", str(path)],
+        process = self.spawn(role, self.gateway_command(path, role),
                              log_name=f"gateway-{role}")
         self.gateways[role] = process
         wait_for(lambda: process.poll() is not None

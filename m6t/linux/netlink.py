@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import socket
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -198,6 +201,21 @@ class Netlink:
 def write_sysctl(name: str, value: str) -> None:
     """Write a sysctl of the current network namespace (e.g. net/ipv6/conf/all/forwarding)."""
     Path("/proc/sys", name).write_text(value)
+
+
+SO_NETNS_COOKIE = 71  # Linux 5.14+; not in Python's socket module
+
+
+def network_namespace_id() -> str:
+    """A name for the current network namespace that no other namespace of this boot ever had:
+    its cookie (a 64-bit counter, never reused), or on older kernels the namespace's inode
+    (reused once the namespace is gone)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            cookie = sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8)
+            return f"cookie-{int.from_bytes(cookie, sys.byteorder)}"
+        except OSError:
+            return f"inode-{os.stat('/proc/self/ns/net').st_ino}"
 
 
 class ChangeLog:

@@ -323,8 +323,7 @@ def test_sigkill_the_gateway_at_each_step_then_restart(lab: Lab) -> None:
     seen: dict[str, dict[str, Any]] = {}
     timed = (0.15, 0.6)
     for index in range(len(steps) + len(timed)):
-        process = lab.spawn("gw", [sys.executable, "-m", "m6t.gateway", "--config", str(path)],
-                            log_name="gateway")
+        process = lab.spawn("gw", lab.gateway_command(path), log_name="gateway")
         pid = process.pid
         if index < len(steps):
             name, reached = steps[index]
@@ -347,10 +346,11 @@ def test_sigkill_the_gateway_at_each_step_then_restart(lab: Lab) -> None:
         assert gateway_works(lab)
         assert lab.stop(restarted, signal.SIGTERM) == 0
         assert "m6tgw0" not in lab.ip("gw", "link").stdout
+        # A SIGKILL cannot restore the forwarding sysctl; the restarted gateway restores the
+        # value the killed one noted before setting it, not the 1 it left behind.
+        assert forwarding(lab) == forwarding_before
+        assert not list((lab.workdir / "run-gw").glob("forwarding.*"))
     print("killed with:", seen)
-    # A SIGKILL cannot restore the forwarding sysctl: the restarted gateway then takes the 1
-    # the killed one left for the value to restore. Recorded, not asserted (see the report).
-    print("forwarding after the last clean stop:", forwarding(lab), "before:", forwarding_before)
 
 
 # --- the helper's files on a read-only or full filesystem ---------------------------------------

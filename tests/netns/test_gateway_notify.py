@@ -52,7 +52,7 @@ def start_gateway(lab: Lab, manager: socket.socket) -> subprocess.Popen[bytes]:
     """The lab's gateway, started as systemd would start it (Lab.start_gateway waits on the
     metrics endpoint instead, and sets no NOTIFY_SOCKET)."""
     config = lab.write_toml("gateway.toml", lab.gateway_config())
-    return lab.spawn("gw", [sys.executable, "-m", "m6t.gateway", "--config", str(config)],
+    return lab.spawn("gw", lab.gateway_command(config),
                      log_name="gateway", env={"NOTIFY_SOCKET": manager.getsockname()})
 
 

@@ -550,7 +550,17 @@ def test_units_run_under_systemd(ready: State) -> None:
         enter("for i in $(seq 50); do systemctl is-active -q m6t-gateway && exit 0; "
               "sleep 0.1; done; systemctl is-active m6t-gateway")
         assert enter("systemctl show -p MainPID --value m6t-gateway").stdout.strip() == pid
+        # SIGKILL: Restart=on-failure brings it back (RestartSec=2s), and the new process
+        # finds the killed one's note of forwarding in /run/m6t-gateway
+        # (RuntimeDirectoryPreserve=restart), so the stop below still restores the value
+        # from before the first start, not the 1 the killed one left.
+        enter("systemctl kill -s KILL m6t-gateway")
+        enter(f"for i in $(seq 100); do p=$(systemctl show -p MainPID --value m6t-gateway); "
+              f"[ \"$p\" != 0 ] && [ \"$p\" != {pid} ] && systemctl is-active -q m6t-gateway "
+              f"&& exit 0; sleep 0.1; done; systemctl status m6t-gateway; exit 1")
+        assert enter("ls /run/m6t-gateway").stdout.startswith("forwarding.")
         enter("systemctl stop m6t-gateway")
+        assert enter("ls -A /run/m6t-gateway 2>/dev/null || true").stdout.strip() == ""
         assert enter("systemctl show -p Result --value m6t-gateway").stdout.strip() == "success"
         assert enter("cat /proc/sys/net/ipv6/conf/all/forwarding").stdout.strip() == before
         journal = enter("journalctl --no-pager -o cat -u m6t-helper -u m6t-gateway").stdout

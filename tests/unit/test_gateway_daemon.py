@@ -11,6 +11,7 @@ socket queue is FIFO and the loop drains it in order.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ipaddress
 import logging
@@ -27,6 +28,7 @@ from prometheus_client.registry import CollectorRegistry
 from m6t.gateway.config import load_config
 from m6t.gateway.daemon import GatewayDaemon, GatewayIO
 from m6t.lab.inject import icmp_error, ipv4
+from m6t.linux.netlink import network_namespace_id
 from m6t.linux.tuntest import ChannelTun, FakeNetlink, FakeNetwork, FakeUdpSocket
 from m6t.linux.udp import UdpGso
 from m6t.protocol.addressing import TunnelPrefix
@@ -394,6 +396,49 @@ def test_while_running_the_route_and_forwarding_are_set_and_teardown_undoes_them
     assert icmp.fileno() == -1
     assert gateway.listening() == set()
     gateway.daemon.teardown()  # a second teardown (as __main__ may do) finds nothing to undo
+
+
+def test_forwarding_left_at_1_by_a_killed_gateway_is_restored_to_the_value_before_it(
+        gateway_with: Callable[..., Gateway], tmp_path: Path) -> None:
+    # What a gateway killed with SIGKILL leaves: forwarding=1 and its note of the value before.
+    note = tmp_path / "run" / f"forwarding.{network_namespace_id()}"
+    note.parent.mkdir()
+    note.write_text("0\n")
+    gateway = gateway_with(start=False)
+    gateway.netlink.sysctls[FORWARDING] = "1"
+    gateway.daemon.io = dataclasses.replace(gateway.daemon.io, runtime_dir=note.parent)
+    gateway.start()
+    assert gateway.netlink.sysctls[FORWARDING] == "1"
+    gateway.stop()
+    assert gateway.netlink.sysctls[FORWARDING] == "0"
+    assert not note.exists()
+
+
+def test_a_stale_forwarding_note_is_not_believed_once_someone_changed_the_sysctl(
+        gateway_with: Callable[..., Gateway], tmp_path: Path) -> None:
+    note = tmp_path / "run" / f"forwarding.{network_namespace_id()}"
+    note.parent.mkdir()
+    note.write_text("1\n")  # noted, but the sysctl is 0 now: the note is stale
+    gateway = gateway_with(start=False)
+    gateway.daemon.io = dataclasses.replace(gateway.daemon.io, runtime_dir=note.parent)
+    gateway.start()
+    assert note.read_text() == "0\n"  # this gateway's own note, while it runs
+    gateway.stop()
+    assert gateway.netlink.sysctls[FORWARDING] == "0"
+    assert not note.exists()
+
+
+def test_a_runtime_directory_that_cannot_be_written_only_costs_the_note(
+        gateway_with: Callable[..., Gateway], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    gateway = gateway_with(start=False)
+    gateway.daemon.io = dataclasses.replace(gateway.daemon.io, runtime_dir=blocked / "run")
+    gateway.start()
+    assert "cannot note IPv6 forwarding=0" in caplog.text
+    gateway.stop()
+    assert gateway.netlink.sysctls[FORWARDING] == "0"
 
 
 def test_a_failed_setup_undoes_what_it_did(gateway_with: Callable[..., Gateway]) -> None:
