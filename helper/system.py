@@ -7,11 +7,9 @@ routes with it; a crashed helper's leftovers are found by name (m6tN) and delete
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 import re
-from pathlib import Path
 
 from m6t.linux.netlink import Netlink
 from m6t.linux.tun import TunDevice
@@ -39,23 +37,12 @@ def free_name(netlink: Netlink, taken: set[str]) -> str:
     return next(f"m6t{i}" for i in range(1000) if f"m6t{i}" not in existing)
 
 
-def _sysctl(ifname: str, key: str, value: str) -> None:
-    path = Path("/proc/sys/net/ipv6/conf", ifname, key)
-    with contextlib.suppress(OSError):
-        path.write_text(value)
-
-
 class TunnelInterface:
     def __init__(self, netlink: Netlink, name: str, mtu: int) -> None:
         self.netlink = netlink
-        self.tun = TunDevice(name, mtu, up=False)
+        # Point to point with one /128: TunDevice turns off link-local, RS, DAD and RA.
+        self.tun = TunDevice(name, mtu)
         self.name = self.tun.name
-        # The tunnel is point-to-point with one /128: no link-local address, no router
-        # solicitations, no autoconfiguration from router advertisements.
-        for key, value in (("addr_gen_mode", "1"), ("accept_ra", "0"),
-                           ("router_solicitations", "0"), ("accept_dad", "0")):
-            _sysctl(self.name, key, value)
-        self.tun.up()
         self.address: str | None = None
         self.routes: list[tuple[str, int]] = []
 

@@ -3,6 +3,7 @@ the offloads of m6t.linux.offload when the kernel has them."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -10,6 +11,7 @@ import os
 import socket
 import struct
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import pytun
@@ -36,6 +38,8 @@ READ_SIZE = 65_536 + 40 + 10 + 64
 # Ethernet devices get.
 QUEUE_PACKETS = 1000
 SIOCSIFTXQLEN = 0x8943
+SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
+IFF_MULTICAST = 0x1000
 
 
 class PacketDevice(Protocol):
@@ -75,6 +79,26 @@ def set_queue_length(name: str, packets: int) -> None:
 # accepts (it checks the IP header and the virtio-net header); ENOMEM or ENOBUFS, no memory
 # for it now; EIO, the device is going down.
 WRITE_DROPS = frozenset({errno.EINVAL, errno.EIO, errno.ENOMEM, errno.ENOBUFS})
+
+
+def quiet_ipv6(ifname: str) -> None:
+    """A tunnel device is point to point with routed addresses only. Before it comes up: no
+    link-local address, router solicitations, DAD probes or autoconfiguration from router
+    advertisements, and no multicast (without IFF_MULTICAST the kernel sends no MLD reports
+    into it). Otherwise the kernel's own packets arrive on the first reads, and the gateway
+    counted them as drops. Best effort: a device works without it."""
+    for key, value in (("addr_gen_mode", "1"), ("accept_ra", "0"),
+                       ("router_solicitations", "0"), ("accept_dad", "0")):
+        with contextlib.suppress(OSError):
+            Path("/proc/sys/net/ipv6/conf", ifname, key).write_text(value)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            request = fcntl.ioctl(sock, SIOCGIFFLAGS, struct.pack("16sH", ifname.encode(), 0))
+            flags = struct.unpack_from("16sH", request)[1]
+            fcntl.ioctl(sock, SIOCSIFFLAGS,
+                        struct.pack("16sH", ifname.encode(), flags & ~IFF_MULTICAST))
+        except OSError as exc:
+            log.debug("cannot turn multicast off on %s: %s", ifname, exc)
 
 
 class TunDevice:
@@ -120,6 +144,7 @@ class TunDevice:
             os.set_blocking(self._fd, False)
             device.mtu = mtu
             set_queue_length(self.name, QUEUE_PACKETS)
+            quiet_ipv6(self.name)
             if up:
                 device.up()
         except BaseException:
