@@ -274,6 +274,11 @@ every key, with its default and why.
 .TP
 .I /proc/sys/net/ipv6/conf/all/forwarding
 set to 1 while the gateway runs, restored when it stops.
+.TP
+.I /run/m6t\\-gateway/
+(\\fB\\-\\-runtime\\-dir\\fR) the forwarding setting's value from before the start, one note per
+network namespace: a gateway restarted after being killed restores that value, not the 1 the
+killed one left.
 .SH EXIT STATUS
 0 after a clean stop or a valid \\fB\\-\\-check\\fR, 1 when it could not start, 2 when the
 configuration is invalid (the message names the offending key).
@@ -281,6 +286,32 @@ configuration is invalid (the message names the offending key).
 .BR m6t\\-helper (8),
 .BR m6t (1),
 draft\\-ebalard\\-mext\\-m6t\\-02""",
+    },
+    "m6t-gateway-health": {
+        "module": "m6t.gateway.health", "section": 8,
+        "title": "is this m6t gateway fit to hold a redundant pair's address",
+        "description": """\
+.BR keepalived (8)
+runs it every second on both hosts of a gateway pair (VRRP), as the
+.B vrrp_script
+of the sample configuration in
+.IR /usr/share/doc/m6t/keepalived/keepalived.conf.sample ;
+a host whose check fails gives the virtual address up and the other takes it over. Ready
+means: the gateway's metrics answer \\fBm6t_gateway_ready 1\\fR (its loop runs with its
+ports bound), its TUN device is up, and a home agent answers an ICMPv6 echo. The whole check
+is bounded by \\fB\\-\\-timeout\\fR. The plan for operators:
+.IR /usr/share/doc/m6t/operating.md.gz .""",
+        "extra": """\
+.SH EXIT STATUS
+0 ready, 1 not ready (one line on standard output says why), 2 a bad command line or
+configuration.
+.SH FILES
+.TP
+.I /etc/m6t/gateway.toml
+where the metrics address, the TUN device's name and the home agents are read.
+.SH SEE ALSO
+.BR m6t\\-gateway (8),
+.BR keepalived (8)""",
     },
     "m6t-desktop": {
         "module": "m6t_desktop.__main__", "entry": "parse_args", "section": 1,

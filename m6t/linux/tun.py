@@ -93,10 +93,10 @@ def quiet_ipv6(ifname: str) -> None:
             Path("/proc/sys/net/ipv6/conf", ifname, key).write_text(value)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         try:
-            request = fcntl.ioctl(sock, SIOCGIFFLAGS, struct.pack("16sH", ifname.encode(), 0))
+            request = fcntl.ioctl(sock, SIOCGIFFLAGS, struct.pack("16sH22x", ifname.encode(), 0))
             flags = struct.unpack_from("16sH", request)[1]
             fcntl.ioctl(sock, SIOCSIFFLAGS,
-                        struct.pack("16sH", ifname.encode(), flags & ~IFF_MULTICAST))
+                        struct.pack("16sH22x", ifname.encode(), flags & ~IFF_MULTICAST))
         except OSError as exc:
             log.debug("cannot turn multicast off on %s: %s", ifname, exc)
 

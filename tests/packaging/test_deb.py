@@ -48,7 +48,7 @@ SUITE = "bookworm"
 CACHE = Path(os.environ.get("M6T_DEBOOTSTRAP_CACHE", "/var/cache/m6t-debootstrap"))
 CACHE_MAX_AGE = 30 * 86400
 PACKAGES = ("m6t", "m6t-desktop")
-COMMANDS = ("m6t", "m6t-helper", "m6t-gateway", "m6t-desktop")
+COMMANDS = ("m6t", "m6t-helper", "m6t-gateway", "m6t-gateway-health", "m6t-desktop")
 EXAMPLE = "/usr/share/doc/m6t/examples/m6t-gateway.toml"
 SITE = "/opt/m6t/lib/python3.11/site-packages"
 
@@ -336,6 +336,11 @@ def test_group_venv_and_files(ready: State) -> None:
                  "/etc/xdg/autostart/m6t-desktop.desktop",
                  "/usr/share/man/man1/m6t.1.gz", "/usr/share/man/man1/m6t-desktop.1.gz",
                  "/usr/share/man/man8/m6t-helper.8.gz", "/usr/share/man/man8/m6t-gateway.8.gz",
+                 "/usr/share/man/man8/m6t-gateway-health.8.gz",
+                 "/usr/share/doc/m6t/operating.md.gz",
+                 "/usr/share/doc/m6t/keepalived/keepalived.conf.sample",
+                 "/usr/share/doc/m6t/examples/prometheus/m6t-alerts.yml",
+                 "/usr/share/doc/m6t/examples/grafana/m6t-gateway.json",
                  EXAMPLE, "/usr/share/doc/m6t/copyright", "/usr/share/doc/m6t-desktop/copyright"):
         assert root.exists(path), f"{path} is missing"
     for command in COMMANDS:
@@ -374,7 +379,7 @@ def test_commands(ready: State) -> None:
     result = root.sh(f"{nobody} m6t-helper", check=False)
     assert result.returncode == 1 and "CAP_NET_ADMIN" in result.stderr, result.stderr
     # Man pages found by man(1).
-    for page in ("m6t", "m6t-helper", "m6t-gateway", "m6t-desktop"):
+    for page in ("m6t", "m6t-helper", "m6t-gateway", "m6t-gateway-health", "m6t-desktop"):
         root.sh(f"man -w {page}")
 
 
