@@ -18,7 +18,7 @@ from PySide6.QtCore import QObject, QSettings, QTimer
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon, QWidget
 
 from m6t_desktop import autostart
-from m6t_desktop.app_state import AppState
+from m6t_desktop.app_state import AppState, Notice, NoticeAction
 from m6t_desktop.client import HelperConnection
 from m6t_desktop.controller import Controller, UrlOpener
 from m6t_desktop.icons import app_icon, resource_path, state_icon
@@ -92,6 +92,9 @@ class DesktopApp(QObject):
             dbus = DBusNotifications(str(icon) if icon else "", options.dbus_bus, self)
         self.notifier = Notifier(dbus, self._balloon, self)
         self.state.notice.connect(self.notifier.notify)
+        self.notifier.clicked.connect(self._notice_clicked)
+        if self.tray is not None:
+            self.tray.icon.messageClicked.connect(self.notifier.balloon_clicked)
         if self.profiles.error:
             self.state.log(f"Profiles: {self.profiles.error}", "error")
 
@@ -224,6 +227,10 @@ class DesktopApp(QObject):
             self.state.log("Does not start at login any more")
 
     # --- notifications ---
+
+    def _notice_clicked(self, notice: Notice) -> None:
+        if notice.action is NoticeAction.OPEN_LOGIN_PAGE:
+            self.controller.open_login_page()
 
     def _balloon(self, summary: str, body: str, state: DisplayState) -> bool:
         if self.tray is None:

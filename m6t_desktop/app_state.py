@@ -9,6 +9,7 @@ report card, the networks the helper remembers). No widget reads the socket; the
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import time
 from collections.abc import Callable
@@ -68,11 +69,19 @@ class Problem:
 
 @dataclass(frozen=True)
 class Notice:
-    """Worth a desktop notification."""
+    """Worth a desktop notification. `action`: what clicking it does, and its label (the
+    notification server's button or the whole bubble), if anything."""
 
     summary: str
     body: str
     state: DisplayState
+    action: NoticeAction | None = None
+
+
+class NoticeAction(enum.Enum):
+    """What clicking a notification does; the value is its label."""
+
+    OPEN_LOGIN_PAGE = "Open the login page"
 
 
 # The tunnel states that read the same however the tunnel got there.
@@ -379,9 +388,10 @@ class AppState(QObject):
         self.events.append(f"{status.profile}: this network wants you to log in first "
                            f"({status.portal_url})", "warning")
         self.notice.emit(Notice("m6t: this network wants you to log in first",
-                                f"Open the login page from the m6t icon, or go to "
-                                f"{status.portal_url}. The tunnel to {status.profile} connects "
-                                "by itself once you are through.", DisplayState.DEGRADED))
+                                f"Open the login page ({status.portal_url}) from here or from "
+                                f"the m6t icon. The tunnel to {status.profile} connects "
+                                "by itself once you are through.", DisplayState.DEGRADED,
+                                NoticeAction.OPEN_LOGIN_PAGE))
 
     def _apply_address(self, event: AddressEvent) -> None:
         status = self.tunnels.get(event.profile)

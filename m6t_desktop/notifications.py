@@ -4,10 +4,19 @@ it, else the tray icon's balloon; throttled so a flapping network does not flood
 D-Bus calls run on a worker thread (jeepney's blocking API), never in the GUI thread; results
 come back as queued Qt signals. A notification replaces the previous one of this app, so a
 burst (network changed → connecting → connected) leaves one up-to-date bubble.
+
+A notice with an action (open a captive portal's login page) is sent with the "default"
+action, which servers invoke when the bubble is clicked, and a button of the same label; the
+server's ActionInvoked signal comes back as `invoked(notice)`. Servers send that signal to the
+connection that asked for the notification, so the worker reads it on the same connection,
+polling only while such a notification is open. Balloons: a click on the last one does the
+same (QSystemTrayIcon.messageClicked, wired by the app).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import queue
 import threading
@@ -25,6 +34,9 @@ log = logging.getLogger(__name__)
 APP_NAME = "m6t desktop"
 URGENCY = {DisplayState.ERROR: 2, DisplayState.DEGRADED: 1}  # else 0, low
 EXPIRE_MS = 8000
+SIGNAL_POLL = 0.25  # s between reads of the server's signals while a clickable one is open
+MAX_OPEN_ACTIONS = 16  # clickable notifications remembered (a server may never say "closed")
+ACTION_LIFETIME = 600.0  # s a clickable notification is listened for, at most
 
 
 class DBusNotifications(QObject):
@@ -32,6 +44,7 @@ class DBusNotifications(QObject):
 
     delivered = Signal(int)  # the notification's id
     unavailable = Signal(object, str)  # the Notice that could not be shown, why
+    invoked = Signal(object)  # the Notice whose action the user clicked
 
     def __init__(self, icon_path: str = "", bus: str = "SESSION",
                  parent: QObject | None = None) -> None:
@@ -56,26 +69,40 @@ class DBusNotifications(QObject):
             self._thread = None
 
     def _run(self) -> None:
-        from jeepney import DBusAddress, new_method_call
+        from jeepney import DBusAddress, MatchRule, new_method_call
+        from jeepney.bus_messages import message_bus
         from jeepney.io.blocking import open_dbus_connection
         from jeepney.wrappers import unwrap_msg
 
         address = DBusAddress("/org/freedesktop/Notifications",
                               bus_name="org.freedesktop.Notifications",
                               interface="org.freedesktop.Notifications")
+        signals_rule = MatchRule(type="signal", interface="org.freedesktop.Notifications",
+                                 path="/org/freedesktop/Notifications")
+        signals: collections.deque[Any] = collections.deque(maxlen=64)
         connection: Any = None
+        # Open notifications with an action, by id: the notice and until when to listen.
+        clickable: dict[int, tuple[Notice, float]] = {}
         while True:
-            notice = self._queue.get()
+            try:
+                notice = self._queue.get(timeout=SIGNAL_POLL if clickable else None)
+            except queue.Empty:
+                self._read_signals(connection, signals, clickable)
+                continue
             if notice is None:
                 break
             hints = {"urgency": ("y", URGENCY.get(notice.state, 0)),
                      "desktop-entry": ("s", "m6t-desktop")}
+            actions = ["default", notice.action.value] if notice.action else []
             message = new_method_call(address, "Notify", "susssasa{sv}i", (
-                APP_NAME, self._replaces, self.icon_path, notice.summary, notice.body, [],
-                hints, EXPIRE_MS))
+                APP_NAME, self._replaces, self.icon_path, notice.summary, notice.body,
+                actions, hints, EXPIRE_MS))
             try:
                 if connection is None:
                     connection = open_dbus_connection(bus=self.bus)
+                    connection.filter(signals_rule, queue=signals)  # lives with it
+                    connection.send_and_get_reply(message_bus.AddMatch(signals_rule),
+                                                  timeout=5)
                 (notification_id,) = unwrap_msg(connection.send_and_get_reply(message,
                                                                               timeout=5))
             except Exception as exc:  # no bus, no notification service, a broken reply
@@ -83,12 +110,49 @@ class DBusNotifications(QObject):
                 if connection is not None:
                     connection.close()
                     connection = None
+                clickable.clear()
                 self.unavailable.emit(notice, f"{type(exc).__name__}: {exc}")
                 continue
+            # The previous bubble is replaced (servers keep its id, or give a new one): its
+            # action is gone.
+            clickable.pop(self._replaces, None)
+            clickable.pop(notification_id, None)
             self._replaces = notification_id
+            if notice.action:
+                clickable[notification_id] = (notice, time.monotonic() + ACTION_LIFETIME)
+                while len(clickable) > MAX_OPEN_ACTIONS:
+                    del clickable[next(iter(clickable))]
             self.delivered.emit(notification_id)
+            self._read_signals(connection, signals, clickable)
         if connection is not None:
             connection.close()
+
+    def _read_signals(self, connection: Any, signals: collections.deque[Any],
+                      clickable: dict[int, tuple[Notice, float]]) -> None:
+        """What the server said since: ActionInvoked (the user clicked) and NotificationClosed
+        of our clickable notifications. One not closed after ACTION_LIFETIME is forgotten, so
+        that a server that never says "closed" does not keep this thread polling."""
+        from jeepney import HeaderFields
+
+        if connection is None:
+            return
+        with contextlib.suppress(TimeoutError, OSError):
+            while True:  # everything already received, without waiting
+                connection.recv_messages(timeout=0)
+        while signals:
+            message = signals.popleft()
+            member = message.header.fields.get(HeaderFields.member)
+            body = message.body
+            if not body or not isinstance(body[0], int) or body[0] not in clickable:
+                continue
+            if member == "ActionInvoked":
+                self.invoked.emit(clickable[body[0]][0])
+            elif member == "NotificationClosed":
+                del clickable[body[0]]
+        now = time.monotonic()
+        for notification_id, (_, until) in list(clickable.items()):
+            if until < now:
+                del clickable[notification_id]
 
 
 class Notifier(QObject):
@@ -96,6 +160,7 @@ class Notifier(QObject):
     others are in the event log anyway), none twice in a row, D-Bus first, balloon second."""
 
     shown = Signal(object, str)  # Notice, "dbus" | "balloon" | "none"
+    clicked = Signal(object)  # a Notice with an action, clicked: do its action
 
     def __init__(self, dbus: DBusNotifications | None,
                  balloon: Callable[[str, str, DisplayState], bool],
@@ -112,11 +177,13 @@ class Notifier(QObject):
         self._last_at: float | None = None
         self._last: tuple[str, str] | None = None
         self._pending: Notice | None = None
+        self._balloon_notice: Notice | None = None  # the last balloon shown
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self._flush)
         if dbus is not None:
             dbus.unavailable.connect(self._dbus_unavailable)
+            dbus.invoked.connect(self.clicked)
 
     def notify(self, notice: Notice) -> None:
         if self._pending is not None:
@@ -151,4 +218,11 @@ class Notifier(QObject):
 
     def _show_balloon(self, notice: Notice) -> None:
         shown = self.balloon(notice.summary, notice.body, notice.state)
+        self._balloon_notice = notice if shown else None
         self.shown.emit(notice, "balloon" if shown else "none")
+
+    def balloon_clicked(self) -> None:
+        """The tray's balloon was clicked (QSystemTrayIcon.messageClicked): the last one shown."""
+        notice = self._balloon_notice
+        if notice is not None and notice.action is not None:
+            self.clicked.emit(notice)

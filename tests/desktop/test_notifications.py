@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from pytestqt.qtbot import QtBot
 
-from m6t_desktop.app_state import Notice
-from m6t_desktop.notifications import APP_NAME, DBusNotifications, Notifier
+from m6t_desktop.app_state import Notice, NoticeAction
+from m6t_desktop.notifications import APP_NAME, SIGNAL_POLL, DBusNotifications, Notifier
 from m6t_desktop.wording import DisplayState
 
 
@@ -110,6 +110,7 @@ class FakeNotificationServer:
         from jeepney.io.blocking import open_dbus_connection
 
         self.calls: list[tuple[Any, ...]] = []
+        self.callers: dict[int, str] = {}  # notification id -> the unique name that asked
         self._connection = open_dbus_connection(bus=address)
         reply = self._connection.send_and_get_reply(
             message_bus.RequestName("org.freedesktop.Notifications"), timeout=5)
@@ -131,8 +132,22 @@ class FakeNotificationServer:
             if header.message_type is MessageType.method_call and \
                     header.fields.get(HeaderFields.member) == "Notify":
                 self.calls.append(message.body)
+                self.callers[next_id] = header.fields[HeaderFields.sender]
                 self._connection.send(new_method_return(message, "u", (next_id,)))
                 next_id += 1
+
+    def signal(self, member: str, notification_id: int, argument: Any) -> None:
+        """ActionInvoked(id, key) or NotificationClosed(id, reason), sent as GNOME Shell and
+        dunst send them: to the connection that asked for that notification only."""
+        from jeepney import DBusAddress, HeaderFields, MessageType, new_signal
+
+        address = DBusAddress("/org/freedesktop/Notifications",
+                              interface="org.freedesktop.Notifications")
+        signature = "us" if member == "ActionInvoked" else "uu"
+        message = new_signal(address, member, signature, (notification_id, argument))
+        assert message.header.message_type is MessageType.signal
+        message.header.fields[HeaderFields.destination] = self.callers[notification_id]
+        self._connection.send(message)
 
     def close(self) -> None:
         self._stop.set()
@@ -209,3 +224,102 @@ def test_without_a_tray_the_app_still_notifies_through_dbus(
     summary, body = server.calls[0][3], server.calls[0][4]
     assert summary == "m6t: new address (network changed)"
     assert body == "office: fd6d:6d74:1:1:1:aaaa:bbbb:cccc"
+
+
+# --- a click on a notification does its action ---
+
+
+def test_clicking_a_dbus_notification_with_an_action_does_it_once(
+        qtbot: QtBot, session_bus: str) -> None:
+    server = FakeNotificationServer(session_bus)
+    dbus = DBusNotifications(bus=session_bus)
+    notifier = Notifier(dbus, Balloon(), min_interval=0.0)
+    clicked: list[Notice] = []
+    notifier.clicked.connect(clicked.append)
+    portal = Notice("m6t: this network wants you to log in first", "click here",
+                    DisplayState.DEGRADED, NoticeAction.OPEN_LOGIN_PAGE)
+    try:
+        with qtbot.waitSignal(dbus.delivered, timeout=5000) as delivered:
+            notifier.notify(portal)
+        notification_id = delivered.args[0]
+        assert server.calls[0][5] == ["default", "Open the login page"]
+        server.signal("ActionInvoked", notification_id, "default")
+        qtbot.waitUntil(lambda: clicked == [portal], timeout=5000)
+        # Closed by the server: a late signal for it does nothing any more.
+        server.signal("NotificationClosed", notification_id, 2)
+        server.signal("ActionInvoked", notification_id, "default")
+        with qtbot.waitSignal(dbus.delivered, timeout=5000):
+            notifier.notify(notice("m6t: connected to office"))  # no action: no button
+        qtbot.wait(3 * int(SIGNAL_POLL * 1000))
+        assert clicked == [portal]
+        assert server.calls[1][5] == []
+    finally:
+        dbus.close()
+        server.close()
+
+
+def test_an_action_of_a_replaced_notification_does_nothing(
+        qtbot: QtBot, session_bus: str) -> None:
+    server = FakeNotificationServer(session_bus)
+    dbus = DBusNotifications(bus=session_bus)
+    notifier = Notifier(dbus, Balloon(), min_interval=0.0)
+    clicked: list[Notice] = []
+    notifier.clicked.connect(clicked.append)
+    try:
+        with qtbot.waitSignal(dbus.delivered, timeout=5000) as first:
+            notifier.notify(Notice("portal", "click", DisplayState.DEGRADED,
+                                   NoticeAction.OPEN_LOGIN_PAGE))
+        with qtbot.waitSignal(dbus.delivered, timeout=5000):
+            notifier.notify(notice("m6t: connected to office"))
+        server.signal("ActionInvoked", first.args[0], "default")
+        qtbot.wait(3 * int(SIGNAL_POLL * 1000))
+        assert clicked == []
+    finally:
+        dbus.close()
+        server.close()
+
+
+def test_clicking_the_balloon_does_the_action_of_the_last_one_shown(qtbot: QtBot) -> None:
+    balloon = Balloon()
+    notifier = Notifier(None, balloon, min_interval=0.0)
+    clicked: list[Notice] = []
+    notifier.clicked.connect(clicked.append)
+    portal = Notice("portal", "click", DisplayState.DEGRADED, NoticeAction.OPEN_LOGIN_PAGE)
+    notifier.notify(portal)
+    notifier.balloon_clicked()
+    assert clicked == [portal]
+    notifier.notify(notice("m6t: connected to office"))
+    notifier.balloon_clicked()  # the last balloon has no action
+    assert clicked == [portal]
+
+
+def test_clicking_the_portal_notification_opens_the_login_page(
+        qtbot: QtBot, session_bus: str, socket_path: Path, profiles_path: Path,
+        short_dir: Path) -> None:
+    from m6t_desktop.app import DesktopApp, Options
+    from m6t_desktop.client import Link
+    from tests.desktop.conftest import OFFICE, Browser
+    from tests.desktop.test_networks_and_portals import PORTAL, behind_portal, state_event
+    from tests.fake_helper import FakeHelper, status_for
+
+    server = FakeNotificationServer(session_bus)
+    browser = Browser()
+    with FakeHelper(socket_path) as helper:
+        helper.tunnels["office"] = status_for(OFFICE)
+        app = DesktopApp(Options(socket=str(socket_path), profiles=profiles_path,
+                                 settings=short_dir / "desktop.ini", dbus_bus=session_bus),
+                         tray_available=lambda: False, open_url=browser)
+        try:
+            app.start()
+            qtbot.waitUntil(lambda: app.state.link is Link.ONLINE)
+            helper.tunnels["office"] = behind_portal()
+            helper.emit(state_event(helper.tunnels["office"]))
+            qtbot.waitUntil(lambda: bool(server.calls), timeout=5000)
+            summary, actions = server.calls[-1][3], server.calls[-1][5]
+            assert summary == "m6t: this network wants you to log in first"
+            assert actions == ["default", "Open the login page"]
+            server.signal("ActionInvoked", max(server.callers), "default")
+            qtbot.waitUntil(lambda: browser.opened == [PORTAL], timeout=5000)
+        finally:
+            app.shutdown()
+            server.close()
