@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from m6t.lab import ike
 from m6t.lab.lab import Lab, LabError
 
 # The installed `m6t` console script next to this interpreter: what a user runs.
@@ -81,16 +82,31 @@ def demo() -> int:
             ok &= _check(rate > 0, f"{rate:.0f} Mbit/s through helper, NAT and gateway")
         else:
             ok &= _check(False, f"iperf3 failed: {report.get('error', result.stderr.strip())}")
-        _say("an IKE-like UDP exchange with the home agent (port 500), unchanged by the tunnel")
-        lab.start_udp_echo(500)
         status = json.loads(cli_quiet(env, "status", "--json") or "{}")
         address = (status.get("tunnels") or [{}])[0].get("address", "")
-        script = ("import socket;s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM);"
-                  f"s.bind(('{address}',500));s.settimeout(3);"
-                  f"s.sendto(b'IKE_SA_INIT',('{a.home_agent}',500));print(s.recv(100))")
-        ike = lab.run("mn", [sys.executable, "-c", script], check=False)
-        ok &= _check(ike.returncode == 0 and "TINI_AS_EKI" in ike.stdout,
-                     "the home agent answered from port 500")
+        pair, sa = None, None
+        if ike.available() is None:
+            _say("IKEv2 and IPsec with the home agent through the tunnel (strongSwan in mn and ha)")
+            pair = ike.IkePair(lab, address)
+            try:
+                pair.start()
+                pair.initiate()
+                sa = pair.sa()
+            except (ike.IkeError, LabError) as exc:
+                _show(str(exc))
+            ok &= _check(sa is not None and pair.ping(count=3),
+                         f"IKE SA from {address}; ESP carries the home address "
+                         f"{ike.HOME_ADDRESS} to {ike.CORRESPONDENT}")
+        else:
+            _say(f"an IKE-like UDP exchange with the home agent (port 500), unchanged by the "
+                 f"tunnel ({ike.available()})")
+            lab.start_udp_echo(500)
+            script = ("import socket;s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM);"
+                      f"s.bind(('{address}',500));s.settimeout(3);"
+                      f"s.sendto(b'IKE_SA_INIT',('{a.home_agent}',500));print(s.recv(100))")
+            exchange = lab.run("mn", [sys.executable, "-c", script], check=False)
+            ok &= _check(exchange.returncode == 0 and "TINI_AS_EKI" in exchange.stdout,
+                         "the home agent answered from port 500")
         _say("the laptop roams to another network: new IPv4 address and default route")
         lab.roam()
         deadline = time.monotonic() + 10
@@ -105,6 +121,15 @@ def demo() -> int:
         cli("status")
         result = lab.run("mn", ["ping", "-6", "-c", "3", "-i", "0.2", a.home_agent], check=False)
         ok &= _check(result.returncode == 0, "traffic flows again")
+        if pair is not None and sa is not None:
+            started = time.monotonic()
+            flows = pair.ping()
+            while not flows and time.monotonic() - started < 20:
+                flows = pair.ping()
+            moved = pair.sa()
+            ok &= _check(flows and moved is not None and moved.spis == sa.spis
+                         and moved.local == new,
+                         f"the same IKE SA moved to {new} (MOBIKE); ESP flows again")
         _say("an attacker on the public side claims the laptop's address from another IPv4")
         spoof = lab.python("nat", "m6t.lab.client", "--gateway", f"{a.gw_wan}:3544", "--bind",
                            f"{a.outsider}:40666", "echo", "--src", new, "--dst", a.home_agent,

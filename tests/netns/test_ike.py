@@ -1,0 +1,84 @@
+"""IKEv2 and IPsec through the tunnel, with the real thing: strongSwan in mn and ha (m6t.lab.ike).
+
+What a user of m6t wants on an IPv4-only network: the IKE SA with the home agent comes up
+through the tunnel, ESP carries the home address's traffic, and when the laptop roams (a new
+IPv4 network, hence a new tunnel address) the same IKE SA follows it (MOBIKE, as a binding
+update would) without a new authentication, and ESP flows again within seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from m6t.control.client import HelperClient
+from m6t.lab.ike import IkePair, available
+from m6t.lab.lab import Lab, wait_for
+
+pytestmark = pytest.mark.netns
+
+
+def tunnel(lab: Lab) -> dict[str, Any]:
+    with HelperClient(lab.helper_socket) as client:
+        tunnels = msgspec.to_builtins(client.call("status"))["tunnels"]
+    assert len(tunnels) == 1
+    return dict(tunnels[0])
+
+
+@pytest.fixture
+def ike(lab: Lab) -> Iterator[IkePair]:
+    why = available()
+    if why is not None:
+        if os.environ.get("M6T_REQUIRE_NETNS") == "1":
+            pytest.fail(f"{why}, and M6T_REQUIRE_NETNS=1 (run make setup)")
+        pytest.skip(why)
+    lab.start_gateway()
+    lab.start_helper()
+    with HelperClient(lab.helper_socket) as client:
+        client.call("connect", profile=lab.profile())
+    address = wait_for(lambda: (t := tunnel(lab))["state"] == "connected" and t["address"], 10,
+                       "the tunnel")
+    pair = IkePair(lab, address)
+    pair.start()
+    yield pair
+
+
+def test_ikev2_and_esp_with_the_home_agent_through_the_tunnel(ike: IkePair) -> None:
+    ike.initiate()
+    sa = ike.sa("mn")
+    assert sa is not None, ike.log("mn")[-2000:]
+    # IKE runs from the tunnel address (the care-of address), as the home agent sees it.
+    assert sa.local == tunnel(ike.lab)["address"]
+    assert sa.children_installed == 1
+    home = ike.sa("ha")
+    assert home is not None and home.spis == sa.spis
+    assert ike.ping(count=3), ike.log("mn")[-2000:]
+    # Everything went through the gateway, as IPv6 in UDP: IKE on 500 then 4500, ESP in UDP.
+    forwarded = ike.lab.metrics()['m6t_gateway_packets_total{direction="from_client"}']
+    assert forwarded >= 5
+
+
+def test_a_roam_keeps_the_ike_sa_and_esp_flows_again_within_seconds(ike: IkePair) -> None:
+    ike.initiate()
+    before = ike.sa("mn")
+    assert before is not None and ike.ping()
+    started = time.monotonic()
+    ike.lab.roam()  # a new IPv4 network: a new tunnel address
+    new = wait_for(lambda: (t := tunnel(ike.lab))["state"] == "connected"
+                   and t["address"] != before.local and t["address"], 10, "a new tunnel address")
+    wait_for(ike.ping, 20, "ESP through the new tunnel address", interval=0.2)
+    elapsed = time.monotonic() - started
+    print(f"ESP flows again {elapsed:.1f} s after the roam")
+    after = ike.sa("mn")
+    # The same IKE SA (same SPIs: no new IKE_SA_INIT, no new authentication), moved by MOBIKE
+    # to the new tunnel address; the home agent's side agrees.
+    assert after is not None and after.spis == before.spis, ike.log("mn")[-3000:]
+    assert after.local == new
+    home = ike.sa("ha")
+    assert home is not None and home.spis == before.spis
+    assert elapsed < 15
