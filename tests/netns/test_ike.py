@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from m6t.control.client import HelperClient
-from m6t.lab.ike import IkePair, available
+from m6t.lab.ike import CORRESPONDENT, HOME_ADDRESS, IkePair, available
 from m6t.lab.lab import Lab, wait_for
 
 pytestmark = pytest.mark.netns
@@ -82,3 +82,17 @@ def test_a_roam_keeps_the_ike_sa_and_esp_flows_again_within_seconds(ike: IkePair
     home = ike.sa("ha")
     assert home is not None and home.spis == before.spis
     assert elapsed < 15
+
+
+def test_esp_larger_than_the_tunnel_mtu_crosses_after_path_mtu_discovery(ike: IkePair) -> None:
+    # ESP in UDP of a 3000-byte ping is larger than the tunnel MTU (1472) both ways. mn's
+    # kernel fragments it before m6t0; the home agent sends it whole until the gateway answers
+    # a Packet Too Big with the tunnel MTU ("MTU considerations"), then fragments too.
+    ike.initiate()
+    ike.lab.run("mn", ["ping", "-6", "-c", "1", "-W", "1", "-s", "3000", "-I", HOME_ADDRESS,
+                       CORRESPONDENT], check=False)  # may be lost: it teaches the HA the MTU
+    result = ike.lab.run("mn", ["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "-s", "3000",
+                                "-I", HOME_ADDRESS, CORRESPONDENT], check=False)
+    assert result.returncode == 0 and " 0% packet loss" in result.stdout, result.stdout
+    learned = ike.lab.run("ha", ["ip", "-6", "route", "get", tunnel(ike.lab)["address"]]).stdout
+    assert "mtu 1472" in learned, learned
