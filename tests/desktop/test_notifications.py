@@ -229,54 +229,56 @@ def test_without_a_tray_the_app_still_notifies_through_dbus(
 # --- a click on a notification does its action ---
 
 
+PORTAL = Notice("m6t: this network wants you to log in first", "click here",
+                DisplayState.DEGRADED, NoticeAction.OPEN_LOGIN_PAGE)
+
+
+class Clicks:
+    """A notifier on the private bus with a notification server; what was clicked."""
+
+    def __init__(self, session_bus: str) -> None:
+        self.server = FakeNotificationServer(session_bus)
+        self.dbus = DBusNotifications(bus=session_bus)
+        self.notifier = Notifier(self.dbus, Balloon(), min_interval=0.0)
+        self.clicked: list[Notice] = []
+        self.notifier.clicked.connect(self.clicked.append)
+
+    def show(self, qtbot: QtBot, shown: Notice) -> int:
+        with qtbot.waitSignal(self.dbus.delivered, timeout=5000) as delivered:
+            self.notifier.notify(shown)
+        return int(delivered.args[0])
+
+
+@pytest.fixture
+def clicks(session_bus: str) -> Iterator[Clicks]:
+    made = Clicks(session_bus)
+    yield made
+    made.dbus.close()
+    made.server.close()
+
+
 def test_clicking_a_dbus_notification_with_an_action_does_it_once(
-        qtbot: QtBot, session_bus: str) -> None:
-    server = FakeNotificationServer(session_bus)
-    dbus = DBusNotifications(bus=session_bus)
-    notifier = Notifier(dbus, Balloon(), min_interval=0.0)
-    clicked: list[Notice] = []
-    notifier.clicked.connect(clicked.append)
-    portal = Notice("m6t: this network wants you to log in first", "click here",
-                    DisplayState.DEGRADED, NoticeAction.OPEN_LOGIN_PAGE)
-    try:
-        with qtbot.waitSignal(dbus.delivered, timeout=5000) as delivered:
-            notifier.notify(portal)
-        notification_id = delivered.args[0]
-        assert server.calls[0][5] == ["default", "Open the login page"]
-        server.signal("ActionInvoked", notification_id, "default")
-        qtbot.waitUntil(lambda: clicked == [portal], timeout=5000)
-        # Closed by the server: a late signal for it does nothing any more.
-        server.signal("NotificationClosed", notification_id, 2)
-        server.signal("ActionInvoked", notification_id, "default")
-        with qtbot.waitSignal(dbus.delivered, timeout=5000):
-            notifier.notify(notice("m6t: connected to office"))  # no action: no button
-        qtbot.wait(3 * int(SIGNAL_POLL * 1000))
-        assert clicked == [portal]
-        assert server.calls[1][5] == []
-    finally:
-        dbus.close()
-        server.close()
+        qtbot: QtBot, clicks: Clicks) -> None:
+    notification_id = clicks.show(qtbot, PORTAL)
+    assert clicks.server.calls[0][5] == ["default", "Open the login page"]
+    clicks.server.signal("ActionInvoked", notification_id, "default")
+    qtbot.waitUntil(lambda: clicks.clicked == [PORTAL], timeout=5000)
+    # Closed by the server: a late signal for it does nothing any more.
+    clicks.server.signal("NotificationClosed", notification_id, 2)
+    clicks.server.signal("ActionInvoked", notification_id, "default")
+    clicks.show(qtbot, notice("m6t: connected to office"))  # no action: no button
+    qtbot.wait(3 * int(SIGNAL_POLL * 1000))
+    assert clicks.clicked == [PORTAL]
+    assert clicks.server.calls[1][5] == []
 
 
 def test_an_action_of_a_replaced_notification_does_nothing(
-        qtbot: QtBot, session_bus: str) -> None:
-    server = FakeNotificationServer(session_bus)
-    dbus = DBusNotifications(bus=session_bus)
-    notifier = Notifier(dbus, Balloon(), min_interval=0.0)
-    clicked: list[Notice] = []
-    notifier.clicked.connect(clicked.append)
-    try:
-        with qtbot.waitSignal(dbus.delivered, timeout=5000) as first:
-            notifier.notify(Notice("portal", "click", DisplayState.DEGRADED,
-                                   NoticeAction.OPEN_LOGIN_PAGE))
-        with qtbot.waitSignal(dbus.delivered, timeout=5000):
-            notifier.notify(notice("m6t: connected to office"))
-        server.signal("ActionInvoked", first.args[0], "default")
-        qtbot.wait(3 * int(SIGNAL_POLL * 1000))
-        assert clicked == []
-    finally:
-        dbus.close()
-        server.close()
+        qtbot: QtBot, clicks: Clicks) -> None:
+    first = clicks.show(qtbot, PORTAL)
+    clicks.show(qtbot, notice("m6t: connected to office"))
+    clicks.server.signal("ActionInvoked", first, "default")
+    qtbot.wait(3 * int(SIGNAL_POLL * 1000))
+    assert clicks.clicked == []
 
 
 def test_clicking_the_balloon_does_the_action_of_the_last_one_shown(qtbot: QtBot) -> None:
@@ -284,13 +286,12 @@ def test_clicking_the_balloon_does_the_action_of_the_last_one_shown(qtbot: QtBot
     notifier = Notifier(None, balloon, min_interval=0.0)
     clicked: list[Notice] = []
     notifier.clicked.connect(clicked.append)
-    portal = Notice("portal", "click", DisplayState.DEGRADED, NoticeAction.OPEN_LOGIN_PAGE)
-    notifier.notify(portal)
+    notifier.notify(PORTAL)
     notifier.balloon_clicked()
-    assert clicked == [portal]
+    assert clicked == [PORTAL]
     notifier.notify(notice("m6t: connected to office"))
     notifier.balloon_clicked()  # the last balloon has no action
-    assert clicked == [portal]
+    assert clicked == [PORTAL]
 
 
 def test_clicking_the_portal_notification_opens_the_login_page(
