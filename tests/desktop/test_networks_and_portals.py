@@ -19,6 +19,7 @@ from m6t_desktop.client import Link
 from m6t_desktop.status_window import StatusWindow
 from tests.desktop.conftest import (
     OFFICE,
+    OFFSCREEN_LIMITS,
     AppFactory,
     Browser,
     connected,
@@ -329,3 +330,24 @@ def test_the_card_names_the_network_as_the_helper_does(
     app = online(qtbot, make_app())
     window = report_tab(app)
     assert f"Network <b>{CAFE}</b> · profile <b>office</b>" in window.report_title.text()
+
+
+TRAY_ICON_OFFSCREEN = "No such signal QPlatformNativeInterface::systemTrayWindowChanged"
+
+
+@pytest.mark.qt_log_ignore(*OFFSCREEN_LIMITS, TRAY_ICON_OFFSCREEN)
+def test_a_click_on_the_portal_balloon_opens_the_login_page(
+        qtbot: QtBot, helper: FakeHelper, make_app: AppFactory, browser: Browser) -> None:
+    # No notification server (notifications=False): the tray's balloon says it, and a click
+    # on it (QSystemTrayIcon.messageClicked) opens the page, as the tray menu's entry does.
+    helper.tunnels["office"] = status_for(OFFICE)
+    app = online(qtbot, make_app(tray_available=lambda: True))
+    assert app.tray is not None and app.tray_shown
+    shown: list[tuple[object, str]] = []
+    app.notifier.shown.connect(lambda notice, how: shown.append((notice, how)))
+    helper.tunnels["office"] = behind_portal()
+    helper.emit(state_event(helper.tunnels["office"]))
+    qtbot.waitUntil(lambda: any(getattr(n, "action", None) for n, _ in shown), timeout=5000)
+    assert [how for n, how in shown if getattr(n, "action", None)] == ["balloon"]
+    app.tray.icon.messageClicked.emit()
+    assert browser.opened == [PORTAL]
