@@ -306,15 +306,16 @@ table ip lab {{
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def metrics(self, port: int = 9464, check: bool = True) -> dict[str, float] | None:
-        """The gateway's Prometheus metrics as {"name{labels}": value}, scraped inside gw."""
+    def metrics(self, port: int = 9464, check: bool = True,
+                role: str = "gw") -> dict[str, float] | None:
+        """The gateway's Prometheus metrics as {"name{labels}": value}, scraped inside `role`."""
         script = ("import urllib.request,sys;"
                   f"sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:{port}/metrics',"
                   "timeout=2).read().decode())")
-        result = self.run("gw", [sys.executable, "-c", script], check=False, timeout=10)
+        result = self.run(role, [sys.executable, "-c", script], check=False, timeout=10)
         if result.returncode != 0:
             if check:
-                raise LabError(f"cannot scrape metrics: {result.stderr.strip()}")
+                raise LabError(f"cannot scrape metrics in {role}: {result.stderr.strip()}")
             return None
         values: dict[str, float] = {}
         for line in result.stdout.splitlines():

@@ -124,21 +124,8 @@ class GatewayPairLab(Lab):
         return process
 
     def gateway_metrics(self, role: str, check: bool = True) -> dict[str, float] | None:
-        """The metrics of the gateway in `role`, as Lab.metrics() reads the one in gw."""
-        script = ("import urllib.request,sys;"
-                  "sys.stdout.write(urllib.request.urlopen('http://127.0.0.1:9464/metrics',"
-                  "timeout=2).read().decode())")
-        result = self.run(role, [sys.executable, "-c", script], check=False, timeout=10)
-        if result.returncode != 0:
-            if check:
-                raise LabError(f"cannot scrape metrics in {role}: {result.stderr.strip()}")
-            return None
-        values: dict[str, float] = {}
-        for line in result.stdout.splitlines():
-            if line and not line.startswith("#"):
-                name, _, number = line.rpartition(" ")
-                values[name] = float(number)
-        return values
+        """The metrics of the gateway in `role`."""
+        return self.metrics(check=check, role=role)
 
     def wait_healthy(self, role: str, timeout: float) -> None:
         wait_for(lambda: self.health(role).returncode == 0, timeout,
