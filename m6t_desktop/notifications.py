@@ -35,7 +35,6 @@ APP_NAME = "m6t desktop"
 URGENCY = {DisplayState.ERROR: 2, DisplayState.DEGRADED: 1}  # else 0, low
 EXPIRE_MS = 8000
 SIGNAL_POLL = 0.25  # s between reads of the server's signals while a clickable one is open
-MAX_OPEN_ACTIONS = 16  # clickable notifications remembered (a server may never say "closed")
 ACTION_LIFETIME = 600.0  # s a clickable notification is listened for, at most
 
 
@@ -54,6 +53,8 @@ class DBusNotifications(QObject):
         self._queue: queue.Queue[Notice | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._replaces = 0
+        # The open notification with an action (worker thread only): id, notice, listened until.
+        self._clickable: tuple[int, Notice, float] | None = None
 
     def send(self, notice: Notice) -> None:
         if self._thread is None:
@@ -81,13 +82,11 @@ class DBusNotifications(QObject):
                                  path="/org/freedesktop/Notifications")
         signals: collections.deque[Any] = collections.deque(maxlen=64)
         connection: Any = None
-        # Open notifications with an action, by id: the notice and until when to listen.
-        clickable: dict[int, tuple[Notice, float]] = {}
         while True:
             try:
-                notice = self._queue.get(timeout=SIGNAL_POLL if clickable else None)
+                notice = self._queue.get(timeout=SIGNAL_POLL if self._clickable else None)
             except queue.Empty:
-                self._read_signals(connection, signals, clickable)
+                self._read_signals(connection, signals)
                 continue
             if notice is None:
                 break
@@ -110,28 +109,22 @@ class DBusNotifications(QObject):
                 if connection is not None:
                     connection.close()
                     connection = None
-                clickable.clear()
+                self._clickable = None
                 self.unavailable.emit(notice, f"{type(exc).__name__}: {exc}")
                 continue
-            # The previous bubble is replaced (servers keep its id, or give a new one): its
-            # action is gone.
-            clickable.pop(self._replaces, None)
-            clickable.pop(notification_id, None)
+            # Each notification replaces the previous one, and with it its action.
             self._replaces = notification_id
-            if notice.action:
-                clickable[notification_id] = (notice, time.monotonic() + ACTION_LIFETIME)
-                while len(clickable) > MAX_OPEN_ACTIONS:
-                    del clickable[next(iter(clickable))]
+            self._clickable = (notification_id, notice, time.monotonic() + ACTION_LIFETIME) \
+                if notice.action else None
             self.delivered.emit(notification_id)
-            self._read_signals(connection, signals, clickable)
+            self._read_signals(connection, signals)
         if connection is not None:
             connection.close()
 
-    def _read_signals(self, connection: Any, signals: collections.deque[Any],
-                      clickable: dict[int, tuple[Notice, float]]) -> None:
+    def _read_signals(self, connection: Any, signals: collections.deque[Any]) -> None:
         """What the server said since: ActionInvoked (the user clicked) and NotificationClosed
-        of our clickable notifications. One not closed after ACTION_LIFETIME is forgotten, so
-        that a server that never says "closed" does not keep this thread polling."""
+        of the open clickable notification. One not closed after ACTION_LIFETIME is forgotten,
+        so that a server that never says "closed" does not keep this thread polling."""
         from jeepney import HeaderFields
 
         if connection is None:
@@ -143,16 +136,14 @@ class DBusNotifications(QObject):
             message = signals.popleft()
             member = message.header.fields.get(HeaderFields.member)
             body = message.body
-            if not body or not isinstance(body[0], int) or body[0] not in clickable:
+            if self._clickable is None or not body or body[0] != self._clickable[0]:
                 continue
             if member == "ActionInvoked":
-                self.invoked.emit(clickable[body[0]][0])
+                self.invoked.emit(self._clickable[1])
             elif member == "NotificationClosed":
-                del clickable[body[0]]
-        now = time.monotonic()
-        for notification_id, (_, until) in list(clickable.items()):
-            if until < now:
-                del clickable[notification_id]
+                self._clickable = None
+        if self._clickable is not None and self._clickable[2] < time.monotonic():
+            self._clickable = None
 
 
 class Notifier(QObject):
