@@ -11,23 +11,15 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
 
-import msgspec
 import pytest
 
 from m6t.control.client import HelperClient
 from m6t.lab.ike import CORRESPONDENT, HOME_ADDRESS, IkePair, available
 from m6t.lab.lab import Lab, wait_for
+from tests.netns.test_helper import status
 
 pytestmark = pytest.mark.netns
-
-
-def tunnel(lab: Lab) -> dict[str, Any]:
-    with HelperClient(lab.helper_socket) as client:
-        tunnels = msgspec.to_builtins(client.call("status"))["tunnels"]
-    assert len(tunnels) == 1
-    return dict(tunnels[0])
 
 
 @pytest.fixture
@@ -41,7 +33,7 @@ def ike(lab: Lab) -> Iterator[IkePair]:
     lab.start_helper()
     with HelperClient(lab.helper_socket) as client:
         client.call("connect", profile=lab.profile())
-    address = wait_for(lambda: (t := tunnel(lab))["state"] == "connected" and t["address"], 10,
+    address = wait_for(lambda: (t := status(lab))["state"] == "connected" and t["address"], 10,
                        "the tunnel")
     pair = IkePair(lab, address)
     pair.start()
@@ -53,7 +45,7 @@ def test_ikev2_and_esp_with_the_home_agent_through_the_tunnel(ike: IkePair) -> N
     sa = ike.sa("mn")
     assert sa is not None, ike.log("mn")[-2000:]
     # IKE runs from the tunnel address (the care-of address), as the home agent sees it.
-    assert sa.local == tunnel(ike.lab)["address"]
+    assert sa.local == status(ike.lab)["address"]
     assert sa.children_installed == 1
     home = ike.sa("ha")
     assert home is not None and home.spis == sa.spis
@@ -69,7 +61,7 @@ def test_a_roam_keeps_the_ike_sa_and_esp_flows_again_within_seconds(ike: IkePair
     assert before is not None and ike.ping()
     started = time.monotonic()
     ike.lab.roam()  # a new IPv4 network: a new tunnel address
-    new = wait_for(lambda: (t := tunnel(ike.lab))["state"] == "connected"
+    new = wait_for(lambda: (t := status(ike.lab))["state"] == "connected"
                    and t["address"] != before.local and t["address"], 10, "a new tunnel address")
     wait_for(ike.ping, 20, "ESP through the new tunnel address", interval=0.2)
     elapsed = time.monotonic() - started
@@ -94,5 +86,5 @@ def test_esp_larger_than_the_tunnel_mtu_crosses_after_path_mtu_discovery(ike: Ik
     result = ike.lab.run("mn", ["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "-s", "3000",
                                 "-I", HOME_ADDRESS, CORRESPONDENT], check=False)
     assert result.returncode == 0 and " 0% packet loss" in result.stdout, result.stdout
-    learned = ike.lab.run("ha", ["ip", "-6", "route", "get", tunnel(ike.lab)["address"]]).stdout
+    learned = ike.lab.run("ha", ["ip", "-6", "route", "get", status(ike.lab)["address"]]).stdout
     assert "mtu 1472" in learned, learned
