@@ -12,6 +12,15 @@ With M6T_BARE_MODE=poll in the environment (bench/tunnel.py passes its own on), 
 per side polls both descriptors and drains each, m6t's shape: what that shape costs in latency,
 apart from m6t's work (docs/performance.md).
 
+With M6T_BARE_MODE=offload-poll, offload or offload-block, issue 10's experiment: the same bare
+forwarding with the four techniques the issue names, on m6t's own adapters (UDP GSO on send,
+UDP GRO on receive, 4 MiB socket buffers, super-packets into an IFF_VNET_HDR TUN through
+m6t.protocol.gso.Coalescer), still no checks: the most these techniques give a Python
+forwarder on this machine. The three modes are its thread shapes: one thread per side polling
+both descriptors (m6t's), one thread per direction polling its own, one thread per direction
+blocked in its read and draining the queue without waiting. bench/tunnel.py runs it beside
+m6t as "bare+offloads" (--experiment-shape).
+
 The benchmark gives the TUN its address and routes; the forwarder only moves packets. It runs
 until killed.
 """
@@ -23,8 +32,21 @@ import select
 import socket
 import sys
 import threading
+from collections.abc import Callable
 
 import pytun
+
+from m6t.linux.offload import (
+    DEFAULT_ON,
+    GRO_CONTROL_SPACE,
+    MAX_DATAGRAM,
+    enable_udp_gro,
+    gro_segment_size,
+    split_gro,
+)
+from m6t.linux.tun import READ_SIZE, TunDevice
+from m6t.linux.udp import UdpGso, open_tunnel_socket
+from m6t.protocol.gso import VNET_HEADER_LENGTH, Coalescer
 
 MTU = 1472
 
@@ -102,8 +124,107 @@ def polled(tun: int, sock: socket.socket, peer: list[tuple[str, int]]) -> None:
                     pass
 
 
+class Offloaded:
+    """M6T_BARE_MODE=offload-*: the client (`gateway` given) or the server, with the issue's
+    techniques on m6t's adapters and no checks. Each batch is handled as m6t handles one: its
+    first packet goes out at once, the rest once the queue is empty (runs of one size as one
+    UDP GSO send; datagrams for the TUN through the coalescer)."""
+
+    def __init__(self, name: str, gateway: tuple[str, int] | None, port: int) -> None:
+        self.device = TunDevice(name, MTU, offloads=DEFAULT_ON)
+        self.tun = self.device.fileno()
+        self.sock = open_tunnel_socket(("0.0.0.0", 0 if gateway else port), gateway)
+        self.gro = enable_udp_gro(self.sock, DEFAULT_ON, self.device.report)
+        self.gso = UdpGso(self.sock)
+        self.client = gateway is not None
+        self.peer = gateway  # the server answers whoever sent last
+        offloads = self.device.offloads
+        self.skip = VNET_HEADER_LENGTH if offloads.vnet_header else 0
+        self.coalescer = Coalescer(tcp=offloads.coalesce_tcp, udp=offloads.coalesce_udp,
+                                   local_delivery=self.client)
+        self.buffer = bytearray(READ_SIZE)
+
+    def run(self, shape: str) -> None:
+        if shape == "offload-block":  # one thread per direction, blocked in its read
+            os.set_blocking(self.tun, True)
+            self.sock.setblocking(True)
+            threading.Thread(target=self._forever, args=(self.up,), daemon=True).start()
+            self._forever(self.down)
+        elif shape == "offload":  # one thread per direction, each polling its descriptor
+            threading.Thread(target=self._polled, args=({self.tun: self.up},),
+                             daemon=True).start()
+            self._polled({self.sock.fileno(): self.down})
+        else:  # offload-poll: one thread polling both, as m6t's daemons do
+            self._polled({self.tun: self.up, self.sock.fileno(): self.down})
+
+    @staticmethod
+    def _forever(handler: Callable[[], None]) -> None:
+        while True:
+            handler()
+
+    @staticmethod
+    def _polled(handlers: dict[int, Callable[[], None]]) -> None:
+        poller = select.poll()
+        for fd in handlers:
+            poller.register(fd, select.POLLIN)
+        while True:
+            for fd, _ in poller.poll():
+                handlers[fd]()
+
+    def up(self) -> None:
+        """TUN -> UDP: one packet (waiting for it if the descriptor blocks), then the queue."""
+        try:
+            first = os.read(self.tun, READ_SIZE)
+        except BlockingIOError:
+            return
+        if self.peer is None:
+            return
+        to = None if self.client else self.peer
+        self.gso.send([first[self.skip:]], to)
+        view, batch = memoryview(self.buffer), []
+        for _ in range(127):
+            try:  # RWF_NOWAIT: never waits, whether the descriptor blocks or not
+                size = os.preadv(self.tun, [self.buffer], -1, os.RWF_NOWAIT)
+            except BlockingIOError:
+                break
+            if not (self.buffer[0] or self.buffer[1]):  # no TSO asked for: never a super-packet
+                batch.append(bytes(view[self.skip:size]))
+        if batch:
+            self.gso.send(batch, to)
+
+    def down(self) -> None:
+        """UDP -> TUN: one receive written at once, then the queue through the coalescer."""
+        for flags in (0, *(socket.MSG_DONTWAIT,) * 127):
+            try:
+                data, ancillary, _, sender = self.sock.recvmsg(MAX_DATAGRAM, GRO_CONTROL_SPACE,
+                                                               flags)
+            except BlockingIOError:
+                break
+            except OSError:  # an ICMP error about an earlier datagram
+                continue
+            self.peer = sender
+            size = gro_segment_size(ancillary) if self.gro and ancillary else 0
+            if not size and not flags:  # a lone datagram first: straight to the device
+                self.device.write(data)
+                continue
+            for datagram in split_gro(data, size) if size else (data,):
+                self.coalescer.add(datagram)
+            if not flags:
+                self._flush()
+        self._flush()
+
+    def _flush(self) -> None:
+        for write in self.coalescer.flush():
+            self.device.writev(write)
+
+
 def main(argv: list[str]) -> int:
-    poll = os.environ.get("M6T_BARE_MODE") == "poll"
+    mode = os.environ.get("M6T_BARE_MODE")
+    poll = mode == "poll"
+    if mode and mode.startswith("offload") and len(argv) == 4 and argv[0] == "client":
+        Offloaded(argv[1], (argv[2], int(argv[3])), 0).run(mode)
+    elif mode and mode.startswith("offload") and len(argv) == 3 and argv[0] == "server":
+        Offloaded(argv[1], None, int(argv[2])).run(mode)
     if len(argv) == 4 and argv[0] == "client":
         if poll:
             sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

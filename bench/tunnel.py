@@ -3,6 +3,7 @@ and against a bare Python forwarder, in one invocation.
 
     sudo .venv/bin/python bench/tunnel.py [--quick] [--seconds N] [--repeat N] [--json]
                                           [--only ping,tcp1,...] [--no-bare]
+                                          [--experiment-shape poll|threads|blocking]
                                           [--variants off,-udp_gro,...] [--strict-wire]
 
 One invocation builds one lab (m6t.lab.Lab: mn -- nat -- gw -- ha in network namespaces),
@@ -18,6 +19,14 @@ real link, and measures, test by test:
 * bare (unless --no-bare): bench/bare_forwarder.py, a bare Python TUN <-> UDP forwarder (two
   blocking threads per side, no checks, no offloads), on mn and gw beside m6t (own TUN devices,
   prefix and port 3600) to a second address of the HA: what any Python forwarder pays here.
+* bare+offloads (unless --no-bare): the issue's experiment rebuilt, the same bare forwarder
+  with the four techniques issue 10 names on m6t's own adapters (M6T_BARE_MODE=offload-*: UDP
+  GSO, UDP GRO, 4 MiB buffers, super-packets into an IFF_VNET_HDR TUN), still no checks, on
+  its own devices, prefix and port 3601 to a third HA address: the most those techniques give
+  a Python forwarder on this machine. `--experiment-shape` picks its threads: `poll` (one
+  thread per side polling both descriptors, m6t's shape; the default), `threads` (one thread
+  per direction, each polling its descriptor), `blocking` (one thread per direction blocked in
+  its read, then draining without waiting).
 
 Tests: TCP 1 and 4 streams upload (mn -> HA) and download (iperf3 -R), UDP with 64-byte
 payloads (-b 0: as fast as the sender can; packets received per second), ping (50 at 20 ms).
@@ -93,11 +102,19 @@ STRICT_WIRE = {"tx-udp-segmentation": "tx-udp-segmentation"}
 IPERF_PORT = 5201
 # The bare forwarder (bench/bare_forwarder.py) beside m6t: its own TUN devices, port, prefix,
 # and a second address on the home agent, so that both are up at once and runs alternate.
-BARE_TUN = "bare0"
-BARE_PORT = 3600
-BARE_PREFIX = "fd62:6172:6500::/64"
-BARE_MN = "fd62:6172:6500::1"
+@dataclass(frozen=True)
+class Reference:
+    mode: str  # the key of its runs
+    tun: str
+    port: int
+    prefix: str
+    mn: str  # its address on the mobile node
+    target: str  # its address on the home agent
+    shape: str  # M6T_BARE_MODE ("" the plain blocking forwarder)
+
+
 BARE_TARGET = "fd48:4100::b"
+EXPERIMENT_SHAPES = {"poll": "offload-poll", "threads": "offload", "blocking": "offload-block"}
 PING_COUNT = 50
 PING_INTERVAL = 0.02
 UDP_PAYLOAD = 64
@@ -381,21 +398,30 @@ def offload_state(lab: Lab) -> dict[str, Any]:
                         **{k.replace("m6t_gateway_", ""): v for k, v in supers.items()}}}
 
 
-def start_bare_forwarder(lab: Lab) -> None:
-    """The reference: bench/bare_forwarder.py on mn and gw, routed to a second HA address."""
+def references(shape: str) -> list[Reference]:
+    """The bare forwarder and the issue's experiment, each with its own devices and addresses."""
+    return [Reference(BARE, "bare0", 3600, "fd62:6172:6500::/64", "fd62:6172:6500::1",
+                      BARE_TARGET, os.environ.get("M6T_BARE_MODE", "")),
+            Reference(EXPERIMENT, "bare1", 3601, "fd62:6172:6501::/64", "fd62:6172:6501::1",
+                      "fd48:4100::c", EXPERIMENT_SHAPES[shape])]
+
+
+def start_bare_forwarder(lab: Lab, ref: Reference) -> None:
+    """A reference: bench/bare_forwarder.py on mn and gw, routed to its own HA address."""
     forwarder = str(Path(__file__).with_name("bare_forwarder.py"))
-    lab.ip("ha", "-6", "addr", "add", f"{BARE_TARGET}/64", "dev", "eth0", "nodad")
-    for role, args in (("gw", ["server", BARE_TUN, str(BARE_PORT)]),
-                       ("mn", ["client", BARE_TUN, lab.addr.gw_wan, str(BARE_PORT)])):
-        lab.spawn(role, [sys.executable, forwarder, *args], log_name=f"bare-{args[0]}")
+    lab.ip("ha", "-6", "addr", "add", f"{ref.target}/64", "dev", "eth0", "nodad")
+    for role, args in (("gw", ["server", ref.tun, str(ref.port)]),
+                       ("mn", ["client", ref.tun, lab.addr.gw_wan, str(ref.port)])):
+        lab.spawn(role, [sys.executable, forwarder, *args], log_name=f"{ref.tun}-{args[0]}",
+                  env={"M6T_BARE_MODE": ref.shape})
         deadline = time.monotonic() + 5
-        while lab.ip(role, "link", "show", "dev", BARE_TUN, check=False).returncode != 0:
+        while lab.ip(role, "link", "show", "dev", ref.tun, check=False).returncode != 0:
             if time.monotonic() > deadline:
-                raise BenchError(f"bare forwarder in {role} did not come up")
+                raise BenchError(f"{label(ref.mode)} forwarder in {role} did not come up")
             time.sleep(0.05)
-    lab.ip("gw", "-6", "route", "add", BARE_PREFIX, "dev", BARE_TUN)
-    lab.ip("mn", "-6", "addr", "add", f"{BARE_MN}/128", "dev", BARE_TUN, "nodad")
-    lab.ip("mn", "-6", "route", "add", f"{BARE_TARGET}/128", "dev", BARE_TUN, "src", BARE_MN)
+    lab.ip("gw", "-6", "route", "add", ref.prefix, "dev", ref.tun)
+    lab.ip("mn", "-6", "addr", "add", f"{ref.mn}/128", "dev", ref.tun, "nodad")
+    lab.ip("mn", "-6", "route", "add", f"{ref.target}/128", "dev", ref.tun, "src", ref.mn)
 
 
 def helper_status(lab: Lab) -> TunnelStatus | None:
@@ -404,12 +430,11 @@ def helper_status(lab: Lab) -> TunnelStatus | None:
     return tunnels[0] if tunnels else None
 
 
-def start_iperf_servers(lab: Lab, bare: bool) -> None:
+def start_iperf_servers(lab: Lab, refs: list[Reference]) -> None:
     """One server on the gateway host's IPv4 (direct-nogso), one on the HA's IPv6 (m6t), one
-    on the HA's second address (bare forwarder)."""
+    on each reference's HA address."""
     servers = [("gw", lab.addr.gw_wan), ("ha", lab.addr.home_agent)]
-    if bare:
-        servers.append(("ha", BARE_TARGET))
+    servers += [("ha", ref.target) for ref in refs]
     for role, address in servers:
         lab.spawn(role, ["iperf3", "-s", "-B", address, "-p", str(IPERF_PORT)],
                   log_name=f"iperf3-{address}")
@@ -483,7 +508,9 @@ def cpu_text(run: Run) -> str:
 MAIN = "m6t"
 DIRECT = "direct"  # direct-nogso: the ceiling
 BARE = "bare"
-LABELS = {DIRECT: "direct-nogso", MAIN: "m6t", BARE: "bare"}
+EXPERIMENT = "experiment"  # the issue's techniques in the bare forwarder
+REFERENCES = (BARE, EXPERIMENT)
+LABELS = {DIRECT: "direct-nogso", MAIN: "m6t", BARE: "bare", EXPERIMENT: "bare+offloads"}
 
 
 def label(mode: str) -> str:
@@ -502,11 +529,12 @@ def summarize(tests: tuple[Test, ...], results: dict[str, dict[str, list[Run]]],
     direct-nogso, the bare forwarder beside it, and the verdicts against the targets."""
     summary: dict[str, Any] = {}
     print(f"{'test':<22} {'direct-nogso':>15} {label(tunnel):>15} {'ratio':>7}  "
-          f"{'bare':>15} {'ratio':>6}  target", file=out)
+          f"{'bare':>15} {'ratio':>6}  {'bare+offloads':>15} {'ratio':>6}  target", file=out)
     for test in tests:
         runs = results[test.key]
         direct, m6t = best(test, runs[DIRECT]), best(test, runs[tunnel])
         bare = best(test, runs[BARE]) if runs.get(BARE) else None
+        experiment = best(test, runs[EXPERIMENT]) if runs.get(EXPERIMENT) else None
         entry: dict[str, Any] = {"direct": direct.value, tunnel: m6t.value, "unit": test.unit,
                                  "cpu": cpu_per_packet(m6t), "cpu_detail": {}}
         for mode, mode_runs in runs.items():
@@ -517,7 +545,12 @@ def summarize(tests: tuple[Test, ...], results: dict[str, dict[str, list[Run]]],
             entry.update(added_ms=added, added_median_ms=m6t.detail["median_ms"]
                          - direct.detail["median_ms"])
             ratio_text = f"{added:+.3f}ms"
-            bare_text, target = "", ""
+            bare_text, experiment_text, target = "", "", ""
+            if experiment is not None:
+                entry.update(experiment=experiment.value,
+                             experiment_added_ms=experiment.value - direct.value)
+                experiment_text = (f"{show(test, experiment.value):>15} "
+                                   f"{experiment.value - direct.value:+.3f}ms")
             if bare is not None:
                 bare_added = bare.value - direct.value
                 limit = bare_added + TARGET_RTT_OVER_BARE_MS
@@ -530,11 +563,16 @@ def summarize(tests: tuple[Test, ...], results: dict[str, dict[str, list[Run]]],
             ratio = m6t.value / direct.value if direct.value else float("nan")
             entry["ratio"] = ratio
             ratio_text = f"{ratio:7.3f}"
-            bare_text = ""
+            bare_text = experiment_text = ""
             if bare is not None:
                 entry.update(bare=bare.value, bare_ratio=bare.value / direct.value,
                              over_bare=m6t.value / bare.value if bare.value else None)
                 bare_text = f"{show(test, bare.value):>15} {bare.value / direct.value:6.3f}"
+            if experiment is not None:
+                entry.update(experiment=experiment.value,
+                             experiment_ratio=experiment.value / direct.value)
+                experiment_text = (f"{show(test, experiment.value):>15} "
+                                   f"{experiment.value / direct.value:6.3f}")
             goal = TARGETS.get(test.key)
             target = ""
             if goal is not None:
@@ -542,7 +580,7 @@ def summarize(tests: tuple[Test, ...], results: dict[str, dict[str, list[Run]]],
                 target = f">= {goal}: " + ("ok" if ratio >= goal else "MISSED")
         summary[test.key] = entry
         print(f"{test.title:<22} {show(test, direct.value):>15} {show(test, m6t.value):>15} "
-              f"{ratio_text:>7}  {bare_text:<22}  {target}", file=out)
+              f"{ratio_text:>7}  {bare_text:<22}  {experiment_text:<22}  {target}", file=out)
         print(f"{'':<6}{label(tunnel)}: {detail_text(test, m6t)}; {cpu_text(m6t)}", file=out)
     return summary
 
@@ -565,7 +603,7 @@ def forwarded(lab: Lab) -> Counter:
 
 def one_run(lab: Lab, test: Test, mode: str, target: str, ipv6: bool, seconds: float,
             meter: CpuMeter, note: str, out: Any) -> Run:
-    tunnel = mode not in (DIRECT, BARE)
+    tunnel = mode not in (DIRECT, *REFERENCES)
     with meter.measure(forwarded(lab) if tunnel else None) as cpu:
         run = test.measure(lab, target, ipv6, seconds)
     run.cpu = cpu
@@ -624,20 +662,20 @@ def warm_up(lab: Lab, modes: list[tuple[str, str, bool]]) -> None:
         ping(lab, target, ipv6, count=3)
 
 
-def measure(lab: Lab, tests: tuple[Test, ...], seconds: float, repeat: int, bare: bool,
-            variants: list[str], strict_wire: bool, out: Any) -> dict[str, Any]:
+def measure(lab: Lab, tests: tuple[Test, ...], seconds: float, repeat: int,
+            refs: list[Reference], variants: list[str], strict_wire: bool, out: Any
+            ) -> dict[str, Any]:
     a = lab.addr
     veths = offloads_off(lab, strict_wire)
     tunnel = start_m6t(lab, None)
-    if bare:
-        start_bare_forwarder(lab)
-    start_iperf_servers(lab, bare)
+    for ref in refs:
+        start_bare_forwarder(lab, ref)
+    start_iperf_servers(lab, refs)
     mtu = lab.ip("mn", "-o", "link", "show", "dev", "m6t0", check=False).stdout
     tunnel_mtu = re.search(r"mtu (\d+)", mtu)
     direct = (DIRECT, a.gw_wan, False)
     modes = [direct, (MAIN, a.home_agent, True)]
-    if bare:
-        modes.append((BARE, BARE_TARGET, True))
+    modes += [(ref.mode, ref.target, True) for ref in refs]
     warm_up(lab, modes)
     print(f"lab {lab.tag}: tunnel {tunnel.address} via port {tunnel.port}, "
           f"mtu {tunnel_mtu.group(1) if tunnel_mtu else '?'}; iperf3 {seconds:g} s per run, "
@@ -665,7 +703,8 @@ def measure(lab: Lab, tests: tuple[Test, ...], seconds: float, repeat: int, bare
         interleaved = run_interleaved(lab, tests, variants, seconds, repeat, offloads, out)
         for mode in (MAIN, *(f"m6t[{v}]" for v in variants)):
             view = {t.key: {DIRECT: interleaved[t.key][DIRECT], mode: interleaved[t.key][mode],
-                            **({BARE: results[t.key][BARE]} if bare else {})} for t in tests}
+                            **{ref.mode: results[t.key][ref.mode] for ref in refs}}
+                    for t in tests}
             print(file=out)
             blocks[mode] = summarize(tests, view, mode, out)
         all_runs["interleaved"] = interleaved
@@ -717,7 +756,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", metavar="TESTS",
                         help="comma-separated subset of: " + ",".join(t.key for t in TESTS))
     parser.add_argument("--no-bare", action="store_true",
-                        help="skip the bare forwarder reference (bench/bare_forwarder.py)")
+                        help="skip the references (bench/bare_forwarder.py: bare, and "
+                             "bare+offloads)")
+    parser.add_argument("--experiment-shape", choices=sorted(EXPERIMENT_SHAPES), default="poll",
+                        help="the threads of the bare+offloads reference (default poll)")
     parser.add_argument("--variants", metavar="LIST", default="",
                         help="M6T_OFFLOADS values to measure m6t with too, separated by "
                              "spaces or semicolons (e.g. 'off;-udp_gro;+tun_tso')")
@@ -755,8 +797,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         with Lab() as lab:
-            results = measure(lab, tests, seconds, repeat, not args.no_bare, variants,
-                              args.strict_wire, out)
+            refs = [] if args.no_bare else references(args.experiment_shape)
+            results = measure(lab, tests, seconds, repeat, refs, variants, args.strict_wire,
+                              out)
     except (LabError, BenchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -767,6 +810,8 @@ def main(argv: list[str] | None = None) -> int:
     again = [f"--seconds {seconds:g} --repeat {repeat}"]
     if args.no_bare:
         again.append("--no-bare")
+    elif args.experiment_shape != "poll":
+        again.append(f"--experiment-shape {args.experiment_shape}")
     if args.only:
         again.append("--only " + ",".join(t.key for t in tests))
     if variants:
