@@ -37,16 +37,22 @@ from collections.abc import Callable
 import pytun
 
 from m6t.linux.offload import (
-    DEFAULT_ON,
     GRO_CONTROL_SPACE,
     MAX_DATAGRAM,
     enable_udp_gro,
     gro_segment_size,
     split_gro,
+    wanted_features,
 )
 from m6t.linux.tun import READ_SIZE, TunDevice
 from m6t.linux.udp import UdpGso, open_tunnel_socket
-from m6t.protocol.gso import VNET_HEADER_LENGTH, Coalescer
+from m6t.protocol.gso import (
+    VNET_HEADER_LENGTH,
+    Coalescer,
+    SegmentError,
+    VirtioNetHeader,
+    segment,
+)
 
 MTU = 1472
 
@@ -131,10 +137,11 @@ class Offloaded:
     UDP GSO send; datagrams for the TUN through the coalescer)."""
 
     def __init__(self, name: str, gateway: tuple[str, int] | None, port: int) -> None:
-        self.device = TunDevice(name, MTU, offloads=DEFAULT_ON)
+        wanted = wanted_features()  # M6T_OFFLOADS, as for m6t: +tun_tso,+tun_uso for TSO reads
+        self.device = TunDevice(name, MTU, offloads=wanted)
         self.tun = self.device.fileno()
         self.sock = open_tunnel_socket(("0.0.0.0", 0 if gateway else port), gateway)
-        self.gro = enable_udp_gro(self.sock, DEFAULT_ON, self.device.report)
+        self.gro = enable_udp_gro(self.sock, wanted, self.device.report)
         self.gso = UdpGso(self.sock)
         self.client = gateway is not None
         self.peer = gateway  # the server answers whoever sent last
@@ -180,17 +187,27 @@ class Offloaded:
         if self.peer is None:
             return
         to = None if self.client else self.peer
-        self.gso.send([first[self.skip:]], to)
+        self.gso.send(self._packets(first), to)
         view, batch = memoryview(self.buffer), []
         for _ in range(127):
             try:  # RWF_NOWAIT: never waits, whether the descriptor blocks or not
                 size = os.preadv(self.tun, [self.buffer], -1, os.RWF_NOWAIT)
             except BlockingIOError:
                 break
-            if not (self.buffer[0] or self.buffer[1]):  # no TSO asked for: never a super-packet
-                batch.append(bytes(view[self.skip:size]))
+            batch.extend(self._packets(view[:size]))
         if batch:
             self.gso.send(batch, to)
+
+    def _packets(self, raw: bytes | memoryview) -> list[bytes]:
+        """What a read gives for the wire: the packet, or a TSO/USO super-packet (or a packet
+        whose checksum the kernel left to us) cut by m6t's segmenter at the tunnel MTU."""
+        if not self.skip or not (raw[0] or raw[1]):
+            return [bytes(raw[self.skip:])]
+        try:
+            return segment(VirtioNetHeader.unpack(bytes(raw[:self.skip])),
+                           bytes(raw[self.skip:]), MTU)
+        except SegmentError:
+            return []
 
     def down(self) -> None:
         """UDP -> TUN: one receive written at once, then the queue through the coalescer."""

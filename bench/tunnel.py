@@ -26,7 +26,8 @@ real link, and measures, test by test:
   a Python forwarder on this machine. `--experiment-shape` picks its threads: `poll` (one
   thread per side polling both descriptors, m6t's shape; the default), `threads` (one thread
   per direction, each polling its descriptor), `blocking` (one thread per direction blocked in
-  its read, then draining without waiting).
+  its read, then draining without waiting). M6T_OFFLOADS in the environment applies to it as
+  to m6t (`+tun_tso,+tun_uso`: TSO/USO reads, cut by m6t's segmenter).
 
 Tests: TCP 1 and 4 streams upload (mn -> HA) and download (iperf3 -R), UDP with 64-byte
 payloads (-b 0: as fast as the sender can; packets received per second), ping (50 at 20 ms).
@@ -111,6 +112,7 @@ class Reference:
     mn: str  # its address on the mobile node
     target: str  # its address on the home agent
     shape: str  # M6T_BARE_MODE ("" the plain blocking forwarder)
+    offloads: str  # M6T_OFFLOADS, as m6t is given it first
 
 
 BARE_TARGET = "fd48:4100::b"
@@ -399,11 +401,13 @@ def offload_state(lab: Lab) -> dict[str, Any]:
 
 
 def references(shape: str) -> list[Reference]:
-    """The bare forwarder and the issue's experiment, each with its own devices and addresses."""
+    """The bare forwarder and the issue's experiment, each with its own devices and addresses.
+    Read before m6t starts: start_m6t takes M6T_OFFLOADS out of the environment."""
+    offloads = os.environ.get("M6T_OFFLOADS", "")
     return [Reference(BARE, "bare0", 3600, "fd62:6172:6500::/64", "fd62:6172:6500::1",
-                      BARE_TARGET, os.environ.get("M6T_BARE_MODE", "")),
+                      BARE_TARGET, os.environ.get("M6T_BARE_MODE", ""), offloads),
             Reference(EXPERIMENT, "bare1", 3601, "fd62:6172:6501::/64", "fd62:6172:6501::1",
-                      "fd48:4100::c", EXPERIMENT_SHAPES[shape])]
+                      "fd48:4100::c", EXPERIMENT_SHAPES[shape], offloads)]
 
 
 def start_bare_forwarder(lab: Lab, ref: Reference) -> None:
@@ -413,7 +417,7 @@ def start_bare_forwarder(lab: Lab, ref: Reference) -> None:
     for role, args in (("gw", ["server", ref.tun, str(ref.port)]),
                        ("mn", ["client", ref.tun, lab.addr.gw_wan, str(ref.port)])):
         lab.spawn(role, [sys.executable, forwarder, *args], log_name=f"{ref.tun}-{args[0]}",
-                  env={"M6T_BARE_MODE": ref.shape})
+                  env={"M6T_BARE_MODE": ref.shape, "M6T_OFFLOADS": ref.offloads})
         deadline = time.monotonic() + 5
         while lab.ip(role, "link", "show", "dev", ref.tun, check=False).returncode != 0:
             if time.monotonic() > deadline:

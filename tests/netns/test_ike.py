@@ -63,7 +63,8 @@ def test_a_roam_keeps_the_ike_sa_and_esp_flows_again_within_seconds(ike: IkePair
     ike.lab.roam()  # a new IPv4 network: a new tunnel address
     new = wait_for(lambda: (t := status(ike.lab))["state"] == "connected"
                    and t["address"] != before.local and t["address"], 10, "a new tunnel address")
-    wait_for(ike.ping, 20, "ESP through the new tunnel address", interval=0.2)
+    wait_for(lambda: ike.ping(wait=0.3), 20, "ESP through the new tunnel address",
+             interval=0.1)
     elapsed = time.monotonic() - started
     print(f"ESP flows again {elapsed:.1f} s after the roam")
     after = ike.sa("mn")
@@ -73,7 +74,14 @@ def test_a_roam_keeps_the_ike_sa_and_esp_flows_again_within_seconds(ike: IkePair
     assert after.local == new
     home = ike.sa("ha")
     assert home is not None and home.spis == before.spis
-    assert elapsed < 15
+    # As soon as m6t has the new address (about 1 s), not at strongSwan's first retransmission
+    # of an update sent from the dead old address (4 s after it): charon watches the tunnel
+    # device only (m6t.lab.ike, README "IKE and IPsec").
+    assert elapsed < 3.5
+    # Nor does the home agent hear of the laptop's private IPv4 addresses, of no use to it: the
+    # laptop says it has no additional addresses (RFC 4555 NO_ADDITIONAL_ADDRESSES).
+    assert "N(NO_ADD_ADDR)" in ike.log("mn")
+    assert "N(ADD_4_ADDR)" not in ike.log("mn")
 
 
 def test_esp_larger_than_the_tunnel_mtu_crosses_after_path_mtu_discovery(ike: IkePair) -> None:

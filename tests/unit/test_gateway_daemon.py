@@ -26,12 +26,13 @@ from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from m6t.gateway.config import load_config
-from m6t.gateway.daemon import GatewayDaemon, GatewayIO
+from m6t.gateway.daemon import PEER_CACHE_GENERATION, GatewayDaemon, GatewayIO, PeerCache
 from m6t.lab.inject import icmp_error, ipv4
 from m6t.linux.netlink import network_namespace_id
 from m6t.linux.tuntest import ChannelTun, FakeNetlink, FakeNetwork, FakeUdpSocket
 from m6t.linux.udp import UdpGso
 from m6t.protocol.addressing import TunnelPrefix
+from m6t.protocol.gateway import pack_peer
 from m6t.protocol.packets import (
     build_echo,
     build_keepalive,
@@ -508,3 +509,24 @@ def test_a_connected_fake_socket_hears_only_its_peer() -> None:
         for sock in (gateway, stranger, helper):
             sock.close()
     assert network.bound() == set()
+
+
+def test_the_sender_cache_stays_bounded_and_keeps_senders_that_keep_sending() -> None:
+    """A churn of new senders (NAT rebindings, floods from new ports) must not grow the cache
+    past two generations; a sender that goes on sending stays cached through the turnovers."""
+    cache = PeerCache()
+    steady = ("192.0.2.1", 4500)
+
+    def lookup(address: tuple[str, int]) -> int:
+        found = cache.get(address)
+        return cache.peer(address, 1) if found is None else found
+
+    for n in range(5 * PEER_CACHE_GENERATION):
+        churn = (f"198.51.{n >> 16 & 255}.{n >> 8 & 255}", 1024 + (n & 255))
+        assert lookup(churn) == pack_peer(bytes(map(int, churn[0].split("."))), churn[1], 1)
+        if n % 1000 == 0:
+            assert lookup(steady) == pack_peer(bytes([192, 0, 2, 1]), 4500, 1)
+        assert len(cache) + len(cache.old) <= 2 * PEER_CACHE_GENERATION
+    assert len(cache.old) == PEER_CACHE_GENERATION  # it did turn over
+    assert steady in cache or steady in cache.old
+    assert lookup(steady) == pack_peer(bytes([192, 0, 2, 1]), 4500, 1)
