@@ -38,7 +38,6 @@ from m6t.control.schema import DatapathStatus
 from m6t.linux.offload import (
     GRO_CONTROL_SPACE,
     MAX_DATAGRAM,
-    NOT_WANTED,
     TUN_COALESCE_TCP,
     TUN_COALESCE_UDP,
     UDP_GSO,
@@ -46,6 +45,7 @@ from m6t.linux.offload import (
     OffloadReport,
     enable_udp_gro,
     gro_segment_size,
+    not_wanted,
     report_tun,
     split_gro,
     wanted_features,
@@ -156,7 +156,8 @@ class Pump:
     def datapath(self) -> DatapathStatus:
         """What the status shows of this data path: offloads in use and why not the rest."""
         on, off = self.offload.snapshot()
-        return DatapathStatus(offloads=on, off=off, coalesced_packets=self.coalesced,
+        return DatapathStatus(offloads=on, off=off, fallbacks=self.offload.fallbacks(),
+                              coalesced_packets=self.coalesced,
                               segmented_packets=self.segmented)
 
     def drops(self) -> dict[str, int]:
@@ -179,7 +180,7 @@ class Pump:
         if self._gso.enabled:
             self.offload.enabled(UDP_GSO)
         else:
-            self.offload.disabled(UDP_GSO, NOT_WANTED)
+            self.offload.disabled(UDP_GSO, not_wanted(UDP_GSO))
 
     def _tun_batch(self, target: Target) -> None:
         read = os.read

@@ -43,6 +43,7 @@ from m6t_desktop.wording import (
     ago_text,
     bytes_text,
     clock_text,
+    datapath_text,
     date_clock_text,
     join_group_hint,
     portal_advice,
@@ -227,6 +228,8 @@ class StatusWindow(QMainWindow):
         form.addRow("RTT:", self.rtt_label)
         self.counters_label = self._value_label()
         form.addRow("Traffic:", self.counters_label)
+        self.datapath_label = self._value_label()
+        form.addRow("Data path:", self.datapath_label)
         self.since_label = self._value_label()
         form.addRow("Since:", self.since_label)
         layout.addLayout(form)
@@ -362,8 +365,9 @@ class StatusWindow(QMainWindow):
         if status is None or status.state == TunnelState.DISCONNECTED:
             for label in (self.address_label, self.gateway_label, self.network_label,
                           self.home_agent_label, self.mtu_label, self.rtt_label,
-                          self.counters_label, self.since_label):
+                          self.counters_label, self.since_label, self.datapath_label):
                 label.setText(NO_VALUE)
+            self.datapath_label.setToolTip("")
             self.address_note.setText("")
         else:
             self._render_address(status.address, status.prefix)
@@ -374,6 +378,9 @@ class StatusWindow(QMainWindow):
             self.network_label.setText(status.network_label or NO_VALUE)
             self.home_agent_label.setText(status.home_agent)
             self.since_label.setText(since_text(status.since, time.time()))
+            text, tooltip = datapath_text(status.datapath)
+            self.datapath_label.setText(text)
+            self.datapath_label.setToolTip(tooltip)
         self.address_note.setVisible(bool(self.address_note.text()))  # no empty line
         self.graph.set_history(state.history() if status is not None else None)
         self.refresh_traffic()

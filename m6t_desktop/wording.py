@@ -11,6 +11,7 @@ from enum import StrEnum
 from m6t.control.schema import (
     AddressReason,
     Cause,
+    DatapathStatus,
     MtuReason,
     PortProbe,
     TunnelState,
@@ -179,6 +180,29 @@ def rtt_text(rtt_ms: float | None) -> str:
     if rtt_ms is None:
         return NO_VALUE
     return f"{rtt_ms:.1f} ms" if rtt_ms < 100 else f"{rtt_ms:.0f} ms"
+
+
+OFFLOAD_WORDS = {"udp_gso": "UDP GSO", "udp_gro": "UDP GRO",
+                 "tun_coalesce_tcp": "TCP super-packets", "tun_coalesce_udp": "UDP super-packets",
+                 "tun_tso": "TSO reads", "tun_uso": "USO reads"}
+
+
+def datapath_text(datapath: DatapathStatus | None) -> tuple[str, str]:
+    """The status window's "Data path" row and its tooltip: the offloads in use or, first,
+    those this system refused (a slower plain path stands in: worth knowing); every reason in
+    the tooltip."""
+    if datapath is None:
+        return NO_VALUE, ""
+    words = [OFFLOAD_WORDS.get(feature, feature) for feature in datapath.offloads]
+    if datapath.fallbacks:
+        refused = ", ".join(OFFLOAD_WORDS.get(feature, feature) for feature in datapath.fallbacks)
+        text = f"slower: {refused} refused by this system"
+    else:
+        text = f"fast: {', '.join(words)}" if words else "plain (no offloads)"
+    tips = [f"In use: {', '.join(words) or 'none'}"]
+    tips += [f"{OFFLOAD_WORDS.get(feature, feature)}: {reason}"
+             for feature, reason in datapath.off.items()]
+    return text, "\n".join(tips)
 
 
 def port_probe_text(probe: PortProbe) -> str:

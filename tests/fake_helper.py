@@ -60,7 +60,16 @@ def status_for(profile: schema.Profile, state: str = "connected", cause: str = "
         since=0.0,
         history=[schema.AddressChange(address=address, previous=None,
                                       reason=schema.AddressReason.CONNECT, at=0.0)],
-        ports=[schema.PortProbe(port=p, reachable=True, rtt_ms=0.6) for p in profile.ports]))
+        ports=[schema.PortProbe(port=p, reachable=True, rtt_ms=0.6) for p in profile.ports],
+        datapath=DATAPATH if state == "connected" else None))
+
+
+# What a connected tunnel's data path says on a kernel with every default offload.
+DATAPATH = schema.DatapathStatus(
+    offloads=["tun_coalesce_tcp", "tun_coalesce_udp", "udp_gro", "udp_gso"],
+    off={"tun_tso": "off by default (M6T_OFFLOADS=+tun_tso turns it on)",
+         "tun_uso": "off by default (M6T_OFFLOADS=+tun_uso turns it on)"},
+    coalesced_packets=30)
 
 
 def known_network(network_id: str, profile: str, label: str = "router 192.168.1.1 "

@@ -18,6 +18,7 @@ from m6t.control.schema import (
     AddressEvent,
     AddressReason,
     Cause,
+    DatapathStatus,
     Event,
     MtuEvent,
     MtuReason,
@@ -190,11 +191,26 @@ def tunnel_lines(tunnel: TunnelStatus) -> list[str]:
     lines.append(_line("traffic",
                        f"in {size(tunnel.rx_bytes)} ({plural(tunnel.rx_packets, 'packet')}), "
                        f"out {size(tunnel.tx_bytes)} ({plural(tunnel.tx_packets, 'packet')})"))
+    if tunnel.datapath is not None:
+        lines.extend(datapath_lines(tunnel.datapath))
     drops = {reason: count for reason, count in tunnel.drops.items() if count}
     if drops:
         lines.append(_line("dropped", ", ".join(f"{count} {reason}"
                                                 for reason, count in sorted(drops.items()))))
     lines.append(_line("since", _since(tunnel.since)))
+    return lines
+
+
+def datapath_lines(datapath: DatapathStatus) -> list[str]:
+    """The offloads in use and, one line each, those the kernel refused (the plain path stands
+    in for them: slower, and worth knowing); the ones off by choice are left to --json."""
+    used = ", ".join(datapath.offloads) or "none (the plain path)"
+    work = [f"{plural(count, 'packet')} {what}" for count, what in
+            ((datapath.coalesced_packets, "coalesced"), (datapath.segmented_packets, "segmented"))
+            if count]
+    lines = [_line("data path", used + (f" ({', '.join(work)})" if work else ""))]
+    for feature, reason in datapath.fallbacks.items():
+        lines.append(_line("fallback", f"{feature}: {reason} (the plain path instead)"))
     return lines
 
 

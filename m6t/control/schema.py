@@ -263,6 +263,9 @@ class DatapathStatus(msgspec.Struct, kw_only=True):
 
     offloads: list[str] = []
     off: dict[str, str] = {}  # feature -> why not
+    # The part of `off` that was refused, not chosen (the kernel, a device, IPsec on the path):
+    # the plain path stands in for these.
+    fallbacks: dict[str, str] = {}
     coalesced_packets: int = 0  # written to the TUN device inside super-packets
     segmented_packets: int = 0  # cut from super-packets read from the TUN device
 

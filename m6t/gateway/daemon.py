@@ -34,13 +34,13 @@ from m6t.linux.offload import (
     FEATURES,
     GRO_CONTROL_SPACE,
     MAX_DATAGRAM,
-    NOT_WANTED,
     TUN_COALESCE_TCP,
     TUN_COALESCE_UDP,
     UDP_GSO,
     OffloadReport,
     enable_udp_gro,
     gro_segment_size,
+    not_wanted,
     report_tun,
     split_gro,
     wanted_features,
@@ -270,7 +270,7 @@ class GatewayDaemon:
         if self._gso.enabled:
             self.offload.enabled(UDP_GSO)
         else:
-            self.offload.disabled(UDP_GSO, NOT_WANTED)
+            self.offload.disabled(UDP_GSO, not_wanted(UDP_GSO))
         if offloads.vnet_header:
             self._coalescer = Coalescer(tcp=offloads.coalesce_tcp, udp=offloads.coalesce_udp)
 

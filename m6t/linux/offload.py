@@ -111,7 +111,7 @@ class OffloadReport:
             self.on.discard(feature)
             first = self.off.get(feature) != reason
             self.off[feature] = reason
-        if first and reason not in _QUIET:
+        if first and not _quiet(reason):
             log.warning("offload %s off%s: %s; using the plain path", feature,
                         f" on {context}" if context else "", reason)
 
@@ -125,10 +125,30 @@ class OffloadReport:
         with self._lock:
             return sorted(self.on), dict(sorted(self.off.items()))
 
+    def fallbacks(self) -> dict[str, str]:
+        """The features off because the kernel or the device refused them (not by choice):
+        where the plain path stands in, what a user should be told."""
+        with self._lock:
+            return {feature: reason for feature, reason in sorted(self.off.items())
+                    if not _quiet(reason)}
+
 
 NOT_WANTED = f"turned off ({ENVIRONMENT})"
+OFF_BY_DEFAULT = "off by default"
 NOT_OFFERED = "not offered by the device"
-_QUIET = frozenset({NOT_WANTED, NOT_OFFERED})  # choices, not refusals: not logged
+
+
+def not_wanted(feature: str) -> str:
+    """Why `feature` is off when it was not asked for: turned off, or one that is off unless
+    asked for (TSO/USO reads), with how to ask."""
+    if feature in DEFAULT_ON:
+        return NOT_WANTED
+    return f"{OFF_BY_DEFAULT} ({ENVIRONMENT}=+{feature} turns it on)"
+
+
+def _quiet(reason: str) -> bool:
+    """A choice, not a refusal: not logged."""
+    return reason in (NOT_WANTED, NOT_OFFERED) or reason.startswith(OFF_BY_DEFAULT)
 
 
 def _reason(exc: OSError) -> str:
@@ -198,7 +218,7 @@ def negotiate_tun(fd: int, wanted: frozenset[str], report: OffloadReport,
         if on:
             report.enabled(feature)
         elif feature not in wanted:
-            report.disabled(feature, NOT_WANTED)
+            report.disabled(feature, not_wanted(feature))
         elif feature in (TUN_COALESCE_UDP, TUN_USO):
             report.disabled(feature, no_uso)
     return offloads
@@ -228,7 +248,7 @@ def enable_udp_gro(sock: socket.socket, wanted: frozenset[str], report: OffloadR
                    context: str = "") -> bool:
     """Turn UDP GRO on for `sock` if wanted and the kernel (Linux 5.0) and socket allow it."""
     if UDP_GRO not in wanted:
-        report.disabled(UDP_GRO, NOT_WANTED)
+        report.disabled(UDP_GRO, not_wanted(UDP_GRO))
         return False
     try:
         sock.setsockopt(SOL_UDP, UDP_GRO_OPTION, 1)

@@ -17,12 +17,12 @@ from typing import Protocol
 import pytun
 
 from m6t.linux.offload import (
-    NOT_WANTED,
     PLAIN_TUN,
     TUN_FEATURES,
     OffloadReport,
     TunOffloads,
     negotiate_tun,
+    not_wanted,
     wanted_features,
 )
 from m6t.protocol.gso import PLAIN_HEADER
@@ -126,7 +126,7 @@ class TunDevice:
                     self.report.disabled(feature, f"IFF_VNET_HDR refused: {exc}", name)
         else:
             for feature in TUN_FEATURES:
-                self.report.disabled(feature, NOT_WANTED)
+                self.report.disabled(feature, not_wanted(feature))
         vnet_header = device is not None
         if device is None:
             try:

@@ -129,6 +129,9 @@ def test_status_window_tells_the_address_parts_apart(qtbot: QtBot, helper: FakeH
     assert "fd6d:6d74:1:1:1::/80 from the profile" in window.address_note.text()
     assert window.gateway_label.text() == "198.51.100.1:4500"
     assert window.home_agent_label.text() == "fd48:4100::2"
+    assert window.datapath_label.text() == ("fast: TCP super-packets, UDP super-packets, UDP "
+                                            "GRO, UDP GSO")
+    assert "TSO reads: off by default" in window.datapath_label.toolTip()
 
 
 def test_traffic_events_draw_the_graph(qtbot: QtBot, helper: FakeHelper,

@@ -99,8 +99,8 @@ def test_iperf3_both_ways(world: Lab) -> None:
         assert datapath["coalesced_packets"] == 0
         assert metrics['m6t_gateway_super_packets_total{direction="to_home"}'] == 0
         assert metrics['m6t_gateway_offload{feature="udp_gro"}'] == 0
-    assert metrics['m6t_gateway_offload_off{feature="tun_tso",reason="turned off (M6T_OFFLOADS)"}'
-                   ] == 1
+    assert metrics['m6t_gateway_offload_off{feature="tun_tso",'
+                   'reason="off by default (M6T_OFFLOADS=+tun_tso turns it on)"}'] == 1
 
 
 def ping(lab: Lab, count: int) -> tuple[int, float]:

@@ -152,7 +152,7 @@ def test_status_shows_one_block_per_tunnel(helper: FakeHelper, m6t: Callable[...
     run = m6t("status")
     assert run.code == 0
     office, lab = run.out.split("\n\n")
-    assert office.splitlines()[:9] == [
+    assert office.splitlines()[:10] == [
         "office (m6t0): connected (the first port answered)",
         "  address     fd6d:6d74:1:1:1:8d2e:41f0:977c",
         "              = fd6d:6d74:1:1:1::/80 + random 8d2e:41f0:977c",
@@ -161,10 +161,12 @@ def test_status_shows_one_block_per_tunnel(helper: FakeHelper, m6t: Callable[...
         "  MTU         1472",
         "  RTT         0.61 ms",
         "  traffic     in 1.1 KiB (12 packets), out 512 B (1 packet)",
+        "  data path   tun_coalesce_tcp, tun_coalesce_udp, udp_gro, udp_gso (30 packets "
+        "coalesced)",
         "  dropped     3 not_for_us",
     ]
     assert re.fullmatch(r"  since       \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \(5 min ago\)",
-                        office.splitlines()[9])
+                        office.splitlines()[10])
     assert lab.splitlines()[:4] == [
         "lab (m6t1): waiting (no port of the gateway answered; retrying with back-off)",
         "  address     none yet (prefix fd6d:6d74:1:2:1::/80)",
@@ -184,6 +186,25 @@ def test_status_tells_a_port_fallback_and_a_resolved_gateway_apart(
     lines = m6t("status").out.splitlines()
     assert lines[0] == "office (m6t0): connected (port 3544 did not answer; using 4500)"
     assert lines[3] == "  gateway     198.51.100.1:4500 (gw.example.net)"
+
+
+def test_status_shows_the_data_path_and_what_the_kernel_refused(
+        helper: FakeHelper, m6t: Callable[..., Run]) -> None:
+    # Off by choice (tun_tso) stays out of the short form; refused (udp_gro) is told, since the
+    # plain path standing in is slower.
+    helper.tunnels["office"] = connected(datapath={
+        "offloads": ["tun_coalesce_tcp", "udp_gso"],
+        "off": {"tun_tso": "off by default (M6T_OFFLOADS=+tun_tso turns it on)",
+                "udp_gro": "setsockopt(UDP_GRO) refused: ENOPROTOOPT"},
+        "fallbacks": {"udp_gro": "setsockopt(UDP_GRO) refused: ENOPROTOOPT"},
+        "coalesced_packets": 1, "segmented_packets": 0})
+    lines = m6t("status").out.splitlines()
+    assert "  data path   tun_coalesce_tcp, udp_gso (1 packet coalesced)" in lines
+    assert ("  fallback    udp_gro: setsockopt(UDP_GRO) refused: ENOPROTOOPT (the plain path "
+            "instead)") in lines
+    assert not any("tun_tso" in line for line in lines)
+    helper.tunnels["office"] = connected(datapath={"offloads": [], "coalesced_packets": 0})
+    assert "  data path   none (the plain path)" in m6t("status").out.splitlines()
 
 
 def test_status_json_is_the_helpers_result_unchanged(

@@ -385,3 +385,21 @@ def test_a_helper_without_offloads_takes_the_plain_path(
     assert [helper.tun.outbound(TIMEOUT) for _ in run] == run
     eventually(lambda: helper.pump.datapath().offloads == ["udp_gso"], "the report")
     assert helper.pump.datapath().off["udp_gro"] == "turned off (M6T_OFFLOADS)"
+
+
+def test_a_refused_offload_is_a_fallback_in_the_status_and_a_chosen_one_is_not(
+        helper_with: Callable[..., Helper]) -> None:
+    helper = helper_with(gro=False)  # a kernel without UDP_GRO (before Linux 5.0)
+    run = downloads(SRC, 3)
+    for packet in run:
+        helper.gateway.sendto(packet, helper.address)
+    helper.pump.start()
+    written: list[bytes] = []
+    while len(written) < len(run):  # each datagram received alone, then coalesced as usual
+        written += helper.tun.outbound_packets(TIMEOUT) or []
+    assert written == run
+    datapath = helper.pump.datapath()
+    assert list(datapath.fallbacks) == ["udp_gro"]
+    assert datapath.fallbacks["udp_gro"].startswith("setsockopt(UDP_GRO) refused: ENOPROTOOPT")
+    assert "tun_tso" in datapath.off  # not offered by this device: no fallback either
+    assert "udp_gro" not in datapath.offloads
