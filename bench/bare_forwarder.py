@@ -221,10 +221,12 @@ class Offloaded:
                 continue
             self.peer = sender
             size = gro_segment_size(ancillary) if self.gro and ancillary else 0
-            if not size and not flags:  # a lone datagram first: straight to the device
-                self.device.write(data)
+            datagrams = split_gro(data, size) if size else (data,)
+            if not self.skip or (not size and not flags):  # a plain TUN, or a lone datagram
+                for datagram in datagrams:                 # first: straight to the device
+                    self.device.write(datagram)
                 continue
-            for datagram in split_gro(data, size) if size else (data,):
+            for datagram in datagrams:
                 self.coalescer.add(datagram)
             if not flags:
                 self._flush()

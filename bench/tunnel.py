@@ -101,10 +101,13 @@ OFFLOADS = {"tso": "tcp-segmentation-offload", "gso": "generic-segmentation-offl
             "gro": "generic-receive-offload"}
 STRICT_WIRE = {"tx-udp-segmentation": "tx-udp-segmentation"}
 IPERF_PORT = 5201
-# The bare forwarder (bench/bare_forwarder.py) beside m6t: its own TUN devices, port, prefix,
-# and a second address on the home agent, so that both are up at once and runs alternate.
+
+
 @dataclass(frozen=True)
 class Reference:
+    """A forwarder of bench/bare_forwarder.py beside m6t: its own TUN devices, port, prefix
+    and address on the home agent, so that all are up at once and runs alternate."""
+
     mode: str  # the key of its runs
     tun: str
     port: int
@@ -115,7 +118,6 @@ class Reference:
     offloads: str  # M6T_OFFLOADS, as m6t is given it first
 
 
-BARE_TARGET = "fd48:4100::b"
 EXPERIMENT_SHAPES = {"poll": "offload-poll", "threads": "offload", "blocking": "offload-block"}
 PING_COUNT = 50
 PING_INTERVAL = 0.02
@@ -405,7 +407,7 @@ def references(shape: str) -> list[Reference]:
     Read before m6t starts: start_m6t takes M6T_OFFLOADS out of the environment."""
     offloads = os.environ.get("M6T_OFFLOADS", "")
     return [Reference(BARE, "bare0", 3600, "fd62:6172:6500::/64", "fd62:6172:6500::1",
-                      BARE_TARGET, os.environ.get("M6T_BARE_MODE", ""), offloads),
+                      "fd48:4100::b", os.environ.get("M6T_BARE_MODE", ""), offloads),
             Reference(EXPERIMENT, "bare1", 3601, "fd62:6172:6501::/64", "fd62:6172:6501::1",
                       "fd48:4100::c", EXPERIMENT_SHAPES[shape], offloads)]
 
