@@ -147,6 +147,7 @@ class Helper:
                 continue
             now = time.monotonic()
             for tunnel in self.tunnels.values():
+                tunnel.tell_datapath_changes()
                 pump = tunnel.pump
                 if pump is None:
                     continue

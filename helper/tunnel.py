@@ -97,6 +97,7 @@ class Tunnel:
         self.history: deque[AddressChange] = deque(maxlen=HISTORY)
         self.interface: Interface | None = None
         self.pump: Pump | None = None
+        self._told_fallbacks: dict[str, str] = {}  # as the last state event gave them
         self.first_outcome: asyncio.Future[None] = self.loop.create_future()
         self._outcome_waiters: list[asyncio.Future[None]] = []
         self._race_sockets: dict[s.Endpoint, socket.socket] = {}
@@ -269,9 +270,11 @@ class Tunnel:
                 log.info("%s (%s): %s, %s%s", self.name, self.profile.name, state, cause,
                          f" ({message})" if message else "")
                 try:
+                    status = self.status()
+                    self._told_fallbacks = status.datapath.fallbacks if status.datapath else {}
                     self.context.publish(StateEvent(
                         tunnel=self.name, profile=self.profile.name, state=state, cause=cause,
-                        status=self.status(), message=message))
+                        status=status, message=message))
                 finally:
                     self._settle_outcomes()  # a caller waiting for this outcome is answered
             case s.Remember(network, gateway, port, mtu):
@@ -282,6 +285,28 @@ class Tunnel:
                     self._portal_check = self.loop.create_task(self._check_portal())
             case s.Teardown():
                 self._teardown()
+
+    def tell_datapath_changes(self) -> None:
+        """An offload the data path lost or got back since the last state event (UDP GSO
+        refused once IPsec is on the IPv4 path, a super-packet the device refused; or a new
+        socket where it works again) is told as a state event, same state and cause, with the
+        new status and what changed: clients show the data path from the status they have."""
+        if self.pump is None:
+            return
+        fallbacks = self.pump.offload.fallbacks()
+        if fallbacks == self._told_fallbacks:
+            return
+        changes = [f"{feature} refused: {reason}; the plain path instead"
+                   for feature, reason in fallbacks.items()
+                   if self._told_fallbacks.get(feature) != reason]
+        changes += [f"{feature} works again" for feature in self._told_fallbacks
+                    if feature not in fallbacks]
+        self._told_fallbacks = fallbacks
+        status = self.status()
+        log.info("%s: data path: %s", self.name, "; ".join(changes))
+        self.context.publish(StateEvent(
+            tunnel=self.name, profile=self.profile.name, state=status.state, cause=status.cause,
+            status=status, message="data path: " + "; ".join(changes)))
 
     def _settle_outcomes(self, force: bool = False) -> None:
         if not force and self.session.phase not in (s.Phase.CONNECTED, s.Phase.WAITING,

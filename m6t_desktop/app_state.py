@@ -317,8 +317,12 @@ class AppState(QObject):
             self.messages[event.profile] = event.message
         if self.current is None or self.current not in self.tunnels:
             self.current = event.profile
-        text = f"{event.profile}: {HELPER_STATE_LABELS[status.state]}, " \
-               f"{cause_text(status, event.message)}"
+        if previous is not None and event.message \
+                and (previous.state, previous.cause) == (status.state, status.cause):
+            text = f"{event.profile}: {event.message}"  # news within a state (the data path)
+        else:
+            text = f"{event.profile}: {HELPER_STATE_LABELS[status.state]}, " \
+                   f"{cause_text(status, event.message)}"
         severity = {TunnelState.ERROR: "error",
                     TunnelState.WAITING: "warning"}.get(status.state, "info")
         self.events.append(text, severity)

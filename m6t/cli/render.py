@@ -225,6 +225,8 @@ def event_line(event: Event) -> str:
             text = f"{event.profile}: {event.state} ({state_words(status)})"
             if event.state == TunnelState.CONNECTED and status.address:
                 text += f", address {status.address}"
+            if event.message:  # an error's detail, or news within a state (the data path)
+                text += f"; {event.message}"
         case AddressEvent():
             text = (f"{event.profile}: new address {event.address} "
                     f"({ADDRESS_REASON_WORDS[event.reason]}; was {event.previous or 'none'})")

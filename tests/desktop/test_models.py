@@ -15,6 +15,7 @@ from m6t.control.errors import ErrorData, InvalidParams, PermissionDenied, Timed
 from m6t.control.schema import (
     Access,
     AddressEvent,
+    DatapathStatus,
     KnownNetwork,
     MtuEvent,
     NetworksResult,
@@ -257,6 +258,22 @@ def test_address_change_is_recorded_with_reason_and_announced(
     assert [n.summary for n in notices] == ["m6t: new address (network changed)"]
     assert "new address fd6d:6d74:1:1:1:aaaa:bbbb:cccc (network changed)" in \
         app_state.events.entries[-1].text
+
+
+def test_news_within_a_state_is_logged_as_itself_and_not_announced(
+        qtbot: QtBot, app_state: AppState) -> None:
+    app_state.apply_event(state_event(status()))
+    notices = []
+    app_state.notice.connect(notices.append)
+    news = "data path: udp_gso refused: EIO; the plain path instead"
+    refused = status()
+    refused.datapath = msgspec.convert({"offloads": ["udp_gro"], "fallbacks": {"udp_gso": "EIO"}},
+                                       DatapathStatus)
+    app_state.apply_event(state_event(refused, news))
+    assert app_state.events.entries[-1].text == f"office: {news}"
+    assert notices == []  # the same state and cause: nothing to interrupt the user with
+    assert app_state.status is not None and app_state.status.datapath is not None
+    assert app_state.status.datapath.fallbacks == {"udp_gso": "EIO"}
 
 
 def test_reconnect_by_the_helper_is_announced_but_a_user_connect_is_not(

@@ -725,9 +725,13 @@ def test_watch_prints_the_state_then_each_event_as_a_json_line(
 def test_watch_text_prints_short_lines(
         helper: FakeHelper, capsys: pytest.CaptureFixture[str]) -> None:
     helper.tunnels["office"] = connected()
-    watcher = Watcher("--text", "--count", "5")
+    watcher = Watcher("--text", "--count", "6")
     wait_for_subscriber(helper)
-    for event in (ADDRESS_EVENT, MTU_EVENT, TRAFFIC_EVENT, REMOVED_EVENT):
+    news = "data path: udp_gso refused: EIO; the plain path instead"
+    for event in (ADDRESS_EVENT, MTU_EVENT, TRAFFIC_EVENT,
+                  {"type": "state", "tunnel": "m6t0", "profile": "office", "state": "connected",
+                   "cause": "port_race_won", "status": helper.tunnels["office"],
+                   "message": news}, REMOVED_EVENT):
         helper.emit(event)
     assert watcher.wait() == 0
     lines = capsys.readouterr().out.splitlines()
@@ -738,6 +742,8 @@ def test_watch_text_prints_short_lines(
         "fd6d:6d74:1:1:1:8d2e:41f0:977c)",
         "office: MTU 1472 -> 1372 (a packet was too big on the way)",
         "office: in 2.0 KiB/s, out 512 B/s, RTT 0.60 ms",
+        "office: connected (the first port answered), address fd6d:6d74:1:1:1:8d2e:41f0:977c; "
+        + news,
         "office: tunnel removed",
     ]
 

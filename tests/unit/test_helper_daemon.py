@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +17,9 @@ from m6t.control.client import HelperClient
 from m6t.control.errors import NotFound, Unavailable
 from m6t.control.schema import AddressEvent, MtuEvent, RemovedEvent, StateEvent, TunnelStatus
 from m6t.linux.udp import FragmentationNeeded
+from m6t.protocol.packets import build_echo
 from m6t.protocol.session import AddressReason, Cause, MtuReason, TunnelState
-from tests.helper_world import GATEWAY, WIFI, WIRED, HelperWorld, wait_until
+from tests.helper_world import GATEWAY, HOME_AGENT, WIFI, WIRED, HelperWorld, wait_until
 
 
 @pytest.fixture
@@ -125,6 +127,41 @@ def test_subscribers_see_the_state_then_each_change_as_records(world: HelperWorl
     assert [e.reason for e in seen if isinstance(e, AddressEvent)] == [AddressReason.CONNECT]
     assert [(e.mtu, e.reason) for e in seen if isinstance(e, MtuEvent)] == [
         (1400, MtuReason.USER_REQUEST)]
+
+
+def test_an_offload_refused_mid_session_is_told_to_subscribers_with_the_new_status(
+        world: HelperWorld) -> None:
+    """IPsec appearing on the IPv4 path makes the kernel refuse UDP GSO (EIO): the plain path
+    takes over at once, and subscribers hear of it within a second, as a state event with the
+    same state and cause and the status whose data path says so."""
+    with HelperClient(world.socket_path) as watcher:
+        watcher.call("subscribe")
+        address = world.call("connect", profile=world.profile()).address
+        world.network.gso = False
+        source = ipaddress.IPv6Address(address).packed
+        home = ipaddress.IPv6Address(HOME_AGENT).packed
+
+        def a_run_of_packets() -> bool:  # a run read in one batch leaves as one GSO send
+            for sequence in range(16):
+                world.interface().tun.inbound(build_echo(source, home, 7, sequence, bytes(500)))
+            datapath = status(world).datapath
+            return datapath is not None and "udp_gso" in datapath.fallbacks
+
+        wait_until(a_run_of_packets, "UDP GSO refused")
+        told: StateEvent | None = None
+        deadline = time.monotonic() + 5  # traffic events come every second: the loop turns
+        for event in watcher.events():
+            if isinstance(event, StateEvent) and event.message \
+                    and "udp_gso refused" in event.message:
+                told = event
+            if told is not None or time.monotonic() > deadline:
+                break
+    assert told is not None, "no state event told of the refused offload"
+    assert (told.state, told.cause) == (TunnelState.CONNECTED, Cause.PORT_RACE_WON)
+    assert told.status.datapath is not None
+    assert "udp_gso" in told.status.datapath.fallbacks
+    assert "udp_gso" not in told.status.datapath.offloads
+    world.ping()  # and the tunnel goes on, one datagram per packet
 
 
 def test_disconnect_removes_the_interface_and_a_second_is_not_found(world: HelperWorld) -> None:
