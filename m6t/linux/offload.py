@@ -111,7 +111,7 @@ class OffloadReport:
             self.on.discard(feature)
             first = self.off.get(feature) != reason
             self.off[feature] = reason
-        if first and not _quiet(reason):
+        if first and reason not in _CHOICES:
             log.warning("offload %s off%s: %s; using the plain path", feature,
                         f" on {context}" if context else "", reason)
 
@@ -130,11 +130,10 @@ class OffloadReport:
         where the plain path stands in, what a user should be told."""
         with self._lock:
             return {feature: reason for feature, reason in sorted(self.off.items())
-                    if not _quiet(reason)}
+                    if reason not in _CHOICES}
 
 
 NOT_WANTED = f"turned off ({ENVIRONMENT})"
-OFF_BY_DEFAULT = "off by default"
 NOT_OFFERED = "not offered by the device"
 
 
@@ -143,12 +142,12 @@ def not_wanted(feature: str) -> str:
     asked for (TSO/USO reads), with how to ask."""
     if feature in DEFAULT_ON:
         return NOT_WANTED
-    return f"{OFF_BY_DEFAULT} ({ENVIRONMENT}=+{feature} turns it on)"
+    return f"off by default ({ENVIRONMENT}=+{feature} turns it on)"
 
 
-def _quiet(reason: str) -> bool:
-    """A choice, not a refusal: not logged."""
-    return reason in (NOT_WANTED, NOT_OFFERED) or reason.startswith(OFF_BY_DEFAULT)
+# Choices, not refusals: not logged, not fallbacks. Every reason a choice can give, so that
+# telling them apart is a lookup, not a reading of the text.
+_CHOICES = frozenset({NOT_WANTED, NOT_OFFERED, *(not_wanted(feature) for feature in FEATURES)})
 
 
 def _reason(exc: OSError) -> str:

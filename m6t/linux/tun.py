@@ -142,8 +142,7 @@ class TunDevice:
                 self.offloads = negotiate_tun(self._fd, wanted, self.report)
             self._vnet_header = self.offloads.vnet_header
             os.set_blocking(self._fd, False)
-            device.mtu = mtu
-            self._mtu = mtu
+            self.mtu = mtu
             set_queue_length(self.name, QUEUE_PACKETS)
             quiet_ipv6(self.name)
             if up:
