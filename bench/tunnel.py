@@ -529,10 +529,24 @@ def cpu_per_packet(run: Run) -> dict[str, float | None]:
             "gateway_us": cpu.gateway_us_per_packet if cpu else None}
 
 
+def reference_cell(test: Test, name: str, run: Run | None, direct: Run
+                   ) -> tuple[str, dict[str, Any]]:
+    """A reference's column and its JSON fields: its value and, for ping, the ms it adds to
+    direct-nogso, else its ratio to it."""
+    if run is None:
+        return "", {}
+    if test.key == "ping":
+        added = run.value - direct.value
+        return f"{show(test, run.value):>15} {added:+.3f}ms", {name: run.value,
+                                                               f"{name}_added_ms": added}
+    ratio = run.value / direct.value
+    return f"{show(test, run.value):>15} {ratio:6.3f}", {name: run.value, f"{name}_ratio": ratio}
+
+
 def summarize(tests: tuple[Test, ...], results: dict[str, dict[str, list[Run]]], tunnel: str,
               out: Any) -> dict[str, Any]:
     """The table of one block: each test's best runs, m6t (`tunnel`) as a share of
-    direct-nogso, the bare forwarder beside it, and the verdicts against the targets."""
+    direct-nogso, the references beside it, and the verdicts against the targets."""
     summary: dict[str, Any] = {}
     print(f"{'test':<22} {'direct-nogso':>15} {label(tunnel):>15} {'ratio':>7}  "
           f"{'bare':>15} {'ratio':>6}  {'bare+offloads':>15} {'ratio':>6}  target", file=out)
@@ -540,53 +554,42 @@ def summarize(tests: tuple[Test, ...], results: dict[str, dict[str, list[Run]]],
         runs = results[test.key]
         direct, m6t = best(test, runs[DIRECT]), best(test, runs[tunnel])
         bare = best(test, runs[BARE]) if runs.get(BARE) else None
-        experiment = best(test, runs[EXPERIMENT]) if runs.get(EXPERIMENT) else None
         entry: dict[str, Any] = {"direct": direct.value, tunnel: m6t.value, "unit": test.unit,
                                  "cpu": cpu_per_packet(m6t), "cpu_detail": {}}
         for mode, mode_runs in runs.items():
             sample = best(test, mode_runs).cpu if mode_runs else None
             entry["cpu_detail"][mode] = asdict(sample) if sample is not None else None
+        cells = []
+        for name in REFERENCES:
+            text, fields = reference_cell(test, name, best(test, runs[name])
+                                          if runs.get(name) else None, direct)
+            cells.append(text)
+            entry.update(fields)
+        target = ""
         if test.key == "ping":
             added = m6t.value - direct.value
             entry.update(added_ms=added, added_median_ms=m6t.detail["median_ms"]
                          - direct.detail["median_ms"])
             ratio_text = f"{added:+.3f}ms"
-            bare_text, experiment_text, target = "", "", ""
-            if experiment is not None:
-                entry.update(experiment=experiment.value,
-                             experiment_added_ms=experiment.value - direct.value)
-                experiment_text = (f"{show(test, experiment.value):>15} "
-                                   f"{experiment.value - direct.value:+.3f}ms")
             if bare is not None:
-                bare_added = bare.value - direct.value
-                limit = bare_added + TARGET_RTT_OVER_BARE_MS
-                entry.update(bare=bare.value, bare_added_ms=bare_added, target_added_ms=limit,
-                             met=added <= limit)
-                bare_text = f"{show(test, bare.value):>15} {bare_added:+.3f}ms"
+                limit = bare.value - direct.value + TARGET_RTT_OVER_BARE_MS
+                entry.update(target_added_ms=limit, met=added <= limit)
                 target = f"<= bare {TARGET_RTT_OVER_BARE_MS:+.2f} = {limit:+.3f} ms: " + \
                     ("ok" if added <= limit else "MISSED")
         else:
             ratio = m6t.value / direct.value if direct.value else float("nan")
             entry["ratio"] = ratio
             ratio_text = f"{ratio:7.3f}"
-            bare_text = experiment_text = ""
             if bare is not None:
-                entry.update(bare=bare.value, bare_ratio=bare.value / direct.value,
-                             over_bare=m6t.value / bare.value if bare.value else None)
-                bare_text = f"{show(test, bare.value):>15} {bare.value / direct.value:6.3f}"
-            if experiment is not None:
-                entry.update(experiment=experiment.value,
-                             experiment_ratio=experiment.value / direct.value)
-                experiment_text = (f"{show(test, experiment.value):>15} "
-                                   f"{experiment.value / direct.value:6.3f}")
+                entry["over_bare"] = m6t.value / bare.value if bare.value else None
             goal = TARGETS.get(test.key)
-            target = ""
             if goal is not None:
                 entry.update(target_ratio=goal, met=ratio >= goal)
                 target = f">= {goal}: " + ("ok" if ratio >= goal else "MISSED")
         summary[test.key] = entry
         print(f"{test.title:<22} {show(test, direct.value):>15} {show(test, m6t.value):>15} "
-              f"{ratio_text:>7}  {bare_text:<22}  {experiment_text:<22}  {target}", file=out)
+              f"{ratio_text:>7}  " + "".join(f"{cell:<22}  " for cell in cells) + target,
+              file=out)
         print(f"{'':<6}{label(tunnel)}: {detail_text(test, m6t)}; {cpu_text(m6t)}", file=out)
     return summary
 
